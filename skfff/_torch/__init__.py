@@ -1,0 +1,1 @@
+"""Torch-only building blocks; nothing here knows about scikit-learn."""

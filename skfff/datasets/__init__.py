@@ -1,0 +1,11 @@
+"""Data generators for examples, tests and benchmarks.
+
+Everything here is generated on the fly: skfff never downloads data.
+"""
+
+from ._toy import make_gaussian_mixture_2d, make_nonlinear_gaussian
+
+__all__ = [
+    "make_gaussian_mixture_2d",
+    "make_nonlinear_gaussian",
+]
