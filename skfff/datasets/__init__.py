@@ -3,9 +3,11 @@
 Everything here is generated on the fly: skfff never downloads data.
 """
 
+from ._ica import make_nonlinear_ica
 from ._toy import make_gaussian_mixture_2d, make_nonlinear_gaussian
 
 __all__ = [
     "make_gaussian_mixture_2d",
     "make_nonlinear_gaussian",
+    "make_nonlinear_ica",
 ]

@@ -1,0 +1,430 @@
+"""FreeFormFlow: any dimension-preserving network pair as a normalizing flow."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
+from sklearn.preprocessing import LabelBinarizer
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import type_of_target
+from sklearn.utils.validation import check_array, check_is_fitted
+
+from ._torch.fff import FreeFormFlowModule
+from ._torch.networks import make_network
+from .base import BaseTorchEstimator
+
+__all__ = ["FreeFormFlow"]
+
+
+class FreeFormFlow(
+    ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMixin, BaseTorchEstimator
+):
+    """Free-form flow: a normalizing flow from any dimension-preserving network.
+
+    An encoder ``f`` maps data to a standard normal latent space and a decoder ``g`` maps
+    back. Both are free-form networks (residual MLPs by default, or any ``torch.nn.Module``
+    you pass). Training minimises, per sample,
+
+    ``beta * |x - g(f(x))|^2 - log N(f(x); 0, I) - v^T J_f(x) SG(J_g(f(x)) v)``,
+
+    whose last term has the gradient of ``log|det J_f(x)|`` when ``g = f^-1``, estimated
+    with Hutchinson probes ``v`` at the cost of one forward-mode and one reverse-mode pass,
+    whatever the dimension (Draxler et al., 2024). Densities are exact:
+    ``log p(x) = log N(f(x); 0, I) - log|det J_g(f(x))|`` from the full decoder Jacobian.
+
+    Inputs are standardised inside (the log-density is corrected for it). With
+    ``conditional`` set, ``fit(X, y)`` learns ``p(x | y)``.
+
+    Parameters
+    ----------
+    hidden_features : int, default=128
+        Width of the default residual MLPs.
+    n_blocks : int, default=3
+        Residual blocks in each default network.
+    beta : float, default=20.0
+        Weight of the reconstruction loss, which keeps ``g`` close to ``f^-1``.
+    n_hutchinson : int, default=1
+        Hutchinson probe vectors per sample (1 is the reference default).
+    encoder, decoder : torch.nn.Module, callable or None, default=None
+        Custom networks. A module instance is deep-copied at each fit; a callable is
+        called as ``factory(n_features, n_features, n_conditions)``. Modules whose
+        ``forward`` takes two arguments receive ``(x, c)``; one-argument modules receive
+        ``x`` (or ``cat([x, c])`` when conditional). ``None`` builds a residual MLP whose
+        last layer starts at zero, so ``f`` and ``g`` start as the identity.
+    conditional : bool or {"categorical", "continuous"}, default=False
+        Learn ``p(x | y)`` from ``fit(X, y)``. ``True`` infers the kind of ``y`` with
+        :func:`sklearn.utils.multiclass.type_of_target` (binary/multiclass labels are
+        one-hot encoded, anything else is standardised). With ``False`` a ``y`` passed to
+        ``fit`` is ignored, as :class:`~sklearn.decomposition.PCA` does, so the flow can
+        sit inside a supervised :class:`~sklearn.pipeline.Pipeline`.
+    lr : float, default=1e-3
+        Learning rate (Adam).
+    max_epochs : int, default=400
+        Maximum epochs; early stopping usually ends training sooner.
+    batch_size : int, default=256
+        Mini-batch size.
+    weight_decay : float, default=0.0
+        Weight decay.
+    optimizer : str or torch optimiser class, default="adam"
+        Optimiser.
+    lr_schedule : {"cosine", "constant"}, default="cosine"
+        Learning-rate schedule over ``max_epochs``.
+    max_grad_norm : float or None, default=10.0
+        Gradient clipping.
+    device : str or torch.device, default="auto"
+        ``"auto"`` uses CUDA when available.
+    callbacks : list of skorch callbacks, default=None
+        Extra skorch callbacks.
+    validation_fraction : float, default=0.1
+        Fraction of rows held out (at random) to monitor the exact validation NLL.
+    early_stopping : bool, default=True
+        Stop when the validation NLL stalls for ``patience`` epochs; keep the best weights.
+    patience : int, default=30
+        Epochs without improvement before stopping.
+    random_state : int, RandomState instance or None, default=None
+        Seed for weights, batches, validation split and probes.
+    verbose : int, default=0
+        1 shows a progress bar, 2 also a per-epoch table.
+    warm_start : bool, default=False
+        Continue from the fitted weights on the next ``fit``.
+
+    Attributes
+    ----------
+    net_ : skorch.NeuralNet
+        The trained skorch net; ``net_.module_`` holds the encoder and decoder.
+    history_ : skorch.History
+        Per-epoch ``train_loss`` (the surrogate), ``valid_loss`` (exact NLL of the
+        standardised data) and ``valid_reconstruction``.
+    n_iter_ : int
+        Epochs run.
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of features seen during fit, when ``X`` has string column names.
+    mean_, scale_ : ndarray of shape (n_features_in_,)
+        Standardisation of the inputs.
+    classes_ : ndarray
+        Class labels of ``y`` (categorical conditioning only).
+
+    See Also
+    --------
+    sklearn.neighbors.KernelDensity : Kernel density estimation.
+    sklearn.mixture.GaussianMixture : Gaussian mixture density.
+    MLAutoencoder : Free-form injective flow onto a lower-dimensional manifold.
+
+    Notes
+    -----
+    The defaults were picked from ``benchmarks/bench_flow.py`` (2-D mixtures and an 8-D
+    nonlinear density with known entropy, a few thousand rows): wider or deeper networks
+    did not improve held-out NLL there; ``beta`` between 10 and 50 gave the best NLL with
+    reconstruction errors below 1e-3, and 400 epochs with early stopping on the exact
+    validation NLL (patience 30) converged on every data set tried.
+
+    References
+    ----------
+    .. [1] F. Draxler, P. Sorrenson, L. Zimmermann, A. Rousselot, U. Köthe, "Free-form
+       flows: Make any architecture a normalizing flow", AISTATS 2024.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfff import FreeFormFlow
+    >>> X = np.random.default_rng(0).normal(size=(500, 2))
+    >>> flow = FreeFormFlow(max_epochs=5, random_state=0).fit(X)
+    >>> flow.score_samples(X[:3]).shape
+    (3,)
+    >>> flow.sample(4, random_state=0).shape
+    (4, 2)
+    """
+
+    _parameter_constraints: dict = {
+        **BaseTorchEstimator._parameter_constraints,
+        "hidden_features": [Interval(numbers.Integral, 1, None, closed="left")],
+        "n_blocks": [Interval(numbers.Integral, 0, None, closed="left")],
+        "beta": [Interval(numbers.Real, 0, None, closed="neither")],
+        "n_hutchinson": [Interval(numbers.Integral, 1, None, closed="left")],
+        "encoder": [torch.nn.Module, callable, None],
+        "decoder": [torch.nn.Module, callable, None],
+        "conditional": ["boolean", StrOptions({"categorical", "continuous"})],
+    }
+
+    def __init__(
+        self,
+        *,
+        hidden_features: int = 128,
+        n_blocks: int = 3,
+        beta: float = 20.0,
+        n_hutchinson: int = 1,
+        encoder: Any = None,
+        decoder: Any = None,
+        conditional: bool | str = False,
+        lr: float = 1e-3,
+        max_epochs: int = 400,
+        batch_size: int = 256,
+        weight_decay: float = 0.0,
+        optimizer: Any = "adam",
+        lr_schedule: str = "cosine",
+        max_grad_norm: float | None = 10.0,
+        device: Any = "auto",
+        callbacks: list | None = None,
+        validation_fraction: float = 0.1,
+        early_stopping: bool = True,
+        patience: int = 30,
+        random_state: Any = None,
+        verbose: int = 0,
+        warm_start: bool = False,
+    ) -> None:
+        self.hidden_features = hidden_features
+        self.n_blocks = n_blocks
+        self.beta = beta
+        self.n_hutchinson = n_hutchinson
+        self.encoder = encoder
+        self.decoder = decoder
+        self.conditional = conditional
+        self.lr = lr
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.weight_decay = weight_decay
+        self.optimizer = optimizer
+        self.lr_schedule = lr_schedule
+        self.max_grad_norm = max_grad_norm
+        self.device = device
+        self.callbacks = callbacks
+        self.validation_fraction = validation_fraction
+        self.early_stopping = early_stopping
+        self.patience = patience
+        self.random_state = random_state
+        self.verbose = verbose
+        self.warm_start = warm_start
+
+    # ------------------------------------------------------------------ model
+    def _build_module(self, n_features: int, n_conditions: int) -> FreeFormFlowModule:
+        kw = {"hidden_features": self.hidden_features, "n_blocks": self.n_blocks, "skip": True}
+        enc = make_network(self.encoder, n_features, n_features, n_conditions, **kw)
+        dec = make_network(self.decoder, n_features, n_features, n_conditions, **kw)
+        return FreeFormFlowModule(enc, dec, self.beta, self.n_hutchinson)
+
+    # -------------------------------------------------------- conditioning y
+    def _fit_conditions(self, y: Any, n_samples: int) -> np.ndarray | None:
+        if self.conditional is False:
+            return None
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__}(conditional={self.conditional!r}) needs y in fit"
+            )
+        y = np.asarray(y)
+        kind = self.conditional
+        if kind is True:
+            target = type_of_target(y)
+            kind = "categorical" if target in ("binary", "multiclass") else "continuous"
+        self.condition_kind_ = kind
+        if kind == "categorical":
+            y = check_array(y, ensure_2d=False, dtype=None)
+            if y.ndim != 1:
+                raise ValueError("categorical conditioning needs a 1-D y of labels")
+            self._label_binarizer = LabelBinarizer().fit(y)
+            self.classes_ = self._label_binarizer.classes_
+            if len(self.classes_) < 2:
+                raise ValueError("categorical conditioning needs at least 2 classes in y")
+        else:
+            y = check_array(y, ensure_2d=False, dtype=np.float64)
+            y = y.reshape(len(y), -1)
+            self.y_mean_ = y.mean(axis=0)
+            self.y_scale_ = _safe_scale(y.std(axis=0))
+        if len(y) != n_samples:
+            raise ValueError(f"X has {n_samples} rows but y has {len(y)}")
+        return self._conditions(y, n_samples)
+
+    def _conditions(self, y: Any, n_rows: int) -> np.ndarray | None:
+        """Encode ``y`` as the network's condition inputs (None when unconditional)."""
+        if self.conditional is False:
+            return None
+        if y is None:
+            raise ValueError(
+                "this flow was fitted conditionally: pass y (one row per sample, or one "
+                "row for all)"
+            )
+        if self.condition_kind_ == "categorical":
+            y = check_array(np.asarray(y).reshape(-1), ensure_2d=False, dtype=None)
+            unknown = set(np.unique(y)) - set(self.classes_)
+            if unknown:
+                raise ValueError(f"y has labels not seen in fit: {sorted(unknown)[:5]}")
+            c = self._label_binarizer.transform(y).astype(np.float32)
+            if c.shape[1] == 1:  # binary: LabelBinarizer gives one column
+                c = np.hstack([1 - c, c])
+        else:
+            y = check_array(y, ensure_2d=False, dtype=np.float64).reshape(
+                np.shape(y)[0], -1
+            )
+            if y.shape[1] != self.y_mean_.shape[0]:
+                raise ValueError(
+                    f"y has {y.shape[1]} columns, the flow was fitted with "
+                    f"{self.y_mean_.shape[0]}"
+                )
+            c = ((y - self.y_mean_) / self.y_scale_).astype(np.float32)
+        if c.shape[0] == 1 and n_rows > 1:
+            c = np.repeat(c, n_rows, axis=0)
+        if c.shape[0] != n_rows:
+            raise ValueError(f"y has {c.shape[0]} rows, expected 1 or {n_rows}")
+        return c
+
+    # -------------------------------------------------------------- sklearn
+    def fit(self, X: Any, y: Any = None) -> FreeFormFlow:
+        """Fit the flow to ``X`` (or to ``p(X | y)`` when ``conditional`` is set).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data.
+        y : array-like of shape (n_samples,) or (n_samples, n_targets), default=None
+            Conditioning variable, used only when ``conditional`` is set.
+
+        Returns
+        -------
+        self : FreeFormFlow
+            The fitted estimator.
+        """
+        self._validate_params()
+        X = self._validate_X(X, reset=not (self.warm_start and hasattr(self, "net_")))
+        C = self._fit_conditions(y, X.shape[0])
+        if not (self.warm_start and hasattr(self, "mean_")):
+            self.mean_ = X.mean(axis=0)
+            self.scale_ = _safe_scale(X.std(axis=0))
+        self._train((X - self.mean_) / self.scale_, C)
+        return self
+
+    def _standardise(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        X = self._validate_X(X, reset=False)
+        return (X - self.mean_) / self.scale_
+
+    def score_samples(self, X: Any, y: Any = None) -> np.ndarray:
+        """Exact log-density of each sample.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Points.
+        y : array-like, default=None
+            Conditions (required for a conditional flow).
+
+        Returns
+        -------
+        log_density : ndarray of shape (n_samples,)
+            ``log p(x)`` (or ``log p(x | y)``) in the units of the original ``X``.
+        """
+        Xs = self._standardise(X)
+        C = self._conditions(y, Xs.shape[0])
+        log_p = self._map_batches(self.module_.log_prob, Xs, C)
+        return log_p - np.log(self.scale_).sum()
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Mean log-likelihood of ``X`` (given ``y`` when conditional).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Points.
+        y : array-like, default=None
+            Conditions (required for a conditional flow, ignored otherwise).
+
+        Returns
+        -------
+        float
+        """
+        return float(np.mean(self.score_samples(X, y if self.conditional is not False else None)))
+
+    def transform(self, X: Any, y: Any = None) -> np.ndarray:
+        """Encode ``X`` into the standard normal latent space.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Points.
+        y : array-like, default=None
+            Conditions (required for a conditional flow).
+
+        Returns
+        -------
+        Z : ndarray of shape (n_samples, n_features)
+        """
+        Xs = self._standardise(X)
+        C = self._conditions(y, Xs.shape[0])
+        return self._map_batches(self.module_.encode, Xs, C)
+
+    def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> np.ndarray:
+        """Fit, then encode ``X`` (with ``y`` as condition when conditional).
+
+        Returns
+        -------
+        Z : ndarray of shape (n_samples, n_features)
+        """
+        self.fit(X, y, **fit_params)
+        return self.transform(X, y if self.conditional is not False else None)
+
+    def inverse_transform(self, Z: Any, y: Any = None) -> np.ndarray:
+        """Decode latent codes back to data space.
+
+        Parameters
+        ----------
+        Z : array-like of shape (n_samples, n_features)
+            Latent codes.
+        y : array-like, default=None
+            Conditions (required for a conditional flow).
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+        """
+        check_is_fitted(self)
+        Z = check_array(Z, dtype=[np.float64, np.float32])
+        if Z.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"Z has {Z.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input"
+            )
+        C = self._conditions(y, Z.shape[0])
+        return self._map_batches(self.module_.decode, Z, C) * self.scale_ + self.mean_
+
+    def sample(self, n_samples: int = 1, y: Any = None, random_state: Any = None) -> np.ndarray:
+        """Draw samples ``g(z)``, ``z ~ N(0, I)``.
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+            Number of samples.
+        y : array-like, default=None
+            Conditions: one row for all samples, or one per sample (required for a
+            conditional flow).
+        random_state : int, RandomState instance or None, default=None
+            Seed for the latent draws.
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+        """
+        check_is_fitted(self)
+        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        C = self._conditions(y, n_samples)
+        z = self._randn((n_samples, self.n_features_in_), random_state)
+        return self._map_batches(self.module_.decode, z, C) * self.scale_ + self.mean_
+
+    @property
+    def _n_features_out(self) -> int:
+        return self.n_features_in_
+
+    def __sklearn_tags__(self):  # noqa: D105
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = False
+        return tags
+
+
+def _safe_scale(std: np.ndarray) -> np.ndarray:
+    """Standard deviations with zeros (constant columns) replaced by one."""
+    std = np.asarray(std, dtype=np.float64)
+    return np.where(std > 1e-12 * np.maximum(1.0, np.abs(std).max()), std, 1.0)
