@@ -1,0 +1,26 @@
+"""Riemannian manifolds for :class:`~skfff.ManifoldFreeFormFlow`.
+
+Each manifold knows its projection from the embedding space, its tangent spaces,
+its uniform distribution and total volume, and how user coordinates map to the
+embedding. Everything is batched torch.
+"""
+
+from .base import Manifold
+from .distributions import UniformDistribution, VonMisesFisherMixture
+from .product import Product
+from .so3 import SpecialOrthogonal, quaternion_to_matrix
+from .sphere import Sphere, latlon_to_unit, unit_to_latlon
+from .torus import Torus
+
+__all__ = [
+    "Manifold",
+    "Product",
+    "SpecialOrthogonal",
+    "Sphere",
+    "Torus",
+    "UniformDistribution",
+    "VonMisesFisherMixture",
+    "latlon_to_unit",
+    "quaternion_to_matrix",
+    "unit_to_latlon",
+]
