@@ -57,6 +57,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
+def _silent(*args: Any, **kwargs: Any) -> None:
+    """A sink that prints nothing (picklable, unlike a lambda)."""
+
+
 class _NoCriterion(torch.nn.Module):
     """Placeholder: the losses live in the :class:`TrainingModule`."""
 
@@ -297,7 +301,7 @@ class BaseTorchEstimator(BaseEstimator):
                     threshold=1e-3,
                     threshold_mode="abs",
                     load_best=True,
-                    sink=lambda *a, **k: None,
+                    sink=_silent,
                 ),
             ))
         if self.verbose:
