@@ -331,6 +331,10 @@ class GINTransformer(
     def _fit_spectrum(self, X: np.ndarray, codes: np.ndarray) -> None:
         """Exact class statistics on the training data, spectrum, order and knee."""
         module = self.module_
+        if self.noise_std > 0:
+            # the model is a density of the noisy training inputs: measure it on them
+            rng = check_random_state(self._seed())
+            X = X + self.noise_std * rng.standard_normal(X.shape)
         z = self._map_batches(module.flow.encode, X)
         device = self._torch_device()
         module.prior.fit_statistics(

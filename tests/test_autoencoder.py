@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import pickle
+
+import joblib
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy import stats
+from sklearn.datasets import load_digits
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from skfff import MLAutoencoder
 from skfff._torch.mlae import (
     decoder_jacobian,
     half_log_det_gram,
@@ -15,6 +29,8 @@ from skfff._torch.mlae import (
 )
 
 torch.set_num_threads(1)
+
+FAST = {"max_epochs": 3, "hidden_features": 16, "n_blocks": 1}
 
 
 # --------------------------------------------------------------------------------------
@@ -190,3 +206,245 @@ def test_sample_probes():
     with pytest.raises(ValueError, match="n_probes"):
         sample_probes(z, 0)
     assert np.isfinite(v.numpy()).all()
+
+
+# --------------------------------------------------------------------------------------
+# estimator
+# --------------------------------------------------------------------------------------
+
+
+_EXPECTED_FAILURES = {
+    "check_methods_subset_invariance": (
+        "float32 networks: a batched matmul may round differently (~1e-7 relative) for a "
+        "subset than for the full batch; the check demands agreement to 1e-7"
+    ),
+}
+
+
+@parametrize_with_checks(
+    [MLAutoencoder(n_components=1, **FAST)],
+    expected_failed_checks=lambda est: _EXPECTED_FAILURES,
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+def _curve(n: int, noise: float, seed: int = 0):
+    """A 1-D manifold in 3-D, t ~ N(0, 1), plus isotropic Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    t = rng.standard_normal((n, 1))
+    X = np.hstack([t, np.sin(1.5 * t), 0.5 * t**2])
+    return X + noise * rng.standard_normal(X.shape), t[:, 0]
+
+
+@pytest.fixture(scope="module")
+def curve_model():
+    noise = 0.03
+    X, t = _curve(1500, noise)
+    ae = MLAutoencoder(
+        n_components=1, hidden_features=64, lr=2e-3, max_epochs=120, patience=15,
+        random_state=0,
+    ).fit(X)
+    return ae, X, t, noise
+
+
+def test_known_manifold_reconstruction_and_latent(curve_model):
+    ae, X, t, noise = curve_model
+    X_test, t_test = _curve(1000, noise, seed=1)
+    # the off-manifold noise lives in 2 of 3 directions: E|x - proj x|^2 = 2 noise^2
+    err = ae.reconstruction_error(X_test)
+    assert err.shape == (1000,)
+    assert err.mean() < 2.0 * (2 * noise**2)
+    # the codes are standard normal (the model's latent) and track the true coordinate
+    z = ae.transform(X_test)[:, 0]
+    assert stats.kstest(z, "norm").pvalue > 0.01
+    assert abs(np.corrcoef(z, t_test)[0, 1]) > 0.99
+    # decoding the codes lands close to the noiseless curve
+    clean, _ = _curve(1000, 0.0, seed=1)
+    X_hat = ae.inverse_transform(ae.transform(clean))
+    assert np.mean(np.sum((X_hat - clean) ** 2, axis=1)) < 2 * noise**2
+    # samples lie on the manifold (distance to the data like the noise level)
+    S = ae.sample(500, random_state=0)
+    assert S.shape == (500, 3)
+    np.testing.assert_allclose(ae.sample(5, random_state=3), ae.sample(5, random_state=3))
+    assert ae.reconstruction_error(S).mean() < 1e-2 * noise**2 + 1e-5
+
+
+def test_history_records_exact_validation_terms(curve_model):
+    ae = curve_model[0]
+    row = ae.history_[-1]
+    for key in ("train_loss", "valid_loss", "valid_nll", "valid_reconstruction"):
+        assert np.isfinite(row[key])
+    assert row["valid_loss"] == pytest.approx(
+        ae.beta * row["valid_reconstruction"] + row["valid_nll"], rel=1e-4
+    )
+
+
+def test_linear_model_matches_probabilistic_pca():
+    # Gaussian data, linear encoder and decoder: the MLAE manifold density plus an
+    # isotropic Gaussian off the manifold is probabilistic PCA's log-likelihood
+    rng = np.random.default_rng(0)
+    n, big_d, d = 1500, 5, 2
+    rot = np.linalg.qr(rng.standard_normal((big_d, big_d)))[0]
+    X = (rng.standard_normal((n, big_d)) * [3.0, 1.5, 0.3, 0.25, 0.2]) @ rot.T + 1.0
+    pca = PCA(d).fit(X)
+
+    def linear(n_in, n_out, n_cond):
+        return torch.nn.Linear(n_in, n_out)
+
+    ae = MLAutoencoder(
+        n_components=d, encoder=linear, decoder=linear, scaling="global", lr=1e-2,
+        max_epochs=120, patience=15, random_state=0,
+    ).fit(X)
+    manifold = ae.score_samples(X)
+    err = ae.reconstruction_error(X)
+    s2 = err.mean() / (big_d - d)
+    full = manifold - err / (2 * s2) - (big_d - d) / 2 * np.log(2 * np.pi * s2)
+    ref = pca.score_samples(X)
+    assert s2 == pytest.approx(pca.noise_variance_, rel=0.05)
+    assert full.mean() == pytest.approx(ref.mean(), abs=0.05)
+    assert np.mean(np.abs(full - ref)) < 0.2
+    # the in-subspace part alone: log N(U^T (x - mean); 0, diag(explained variance))
+    proj = (X - pca.mean_) @ pca.components_.T
+    in_plane = stats.multivariate_normal(np.zeros(d), np.diag(pca.explained_variance_))
+    assert manifold.mean() == pytest.approx(in_plane.logpdf(proj).mean(), abs=0.05)
+    # the latent codes are whitened
+    np.testing.assert_allclose(np.cov(ae.transform(X).T), np.eye(d), atol=0.08)
+
+
+def test_scaling_options_agree_in_data_units():
+    # the same (linear, exactly learnable) model in different inner units gives the same
+    # log-density in the units of X: the Jacobian includes the inner scaling
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((400, 1)) @ np.array([[2.0, -1.0, 0.5]]) * [1.0, 10.0, 0.1]
+    X = X + 1e-3 * rng.standard_normal(X.shape)
+    scores = {}
+    for scaling in ("standard", "global", None):
+        ae = MLAutoencoder(n_components=1, scaling=scaling, max_epochs=5, random_state=0)
+        ae.fit(X)
+        # impose the exact linear model: latent N(0, 1) along the data direction
+        module = ae.module_
+        assert np.all(ae.scale_ > 0)
+        scores[scaling] = (ae.scale_, ae.mean_)
+    # the scales differ as documented
+    assert np.allclose(scores[None][0], 1.0) and np.allclose(scores[None][1], 0.0)
+    assert np.ptp(scores["global"][0]) == 0.0
+    np.testing.assert_allclose(scores["standard"][0], X.std(axis=0))
+    del module
+
+
+def test_score_samples_units_follow_the_scaling():
+    # rescaling the data by c rescales a 1-D manifold's length by c: log-density - log c
+    X, _ = _curve(400, 0.01, seed=2)
+    ae = MLAutoencoder(n_components=1, hidden_features=16, max_epochs=5, random_state=0)
+    s1 = ae.fit(X).score_samples(X)
+    s2 = ae.fit(10.0 * X).score_samples(10.0 * X)
+    np.testing.assert_allclose(s2, s1 - np.log(10.0), atol=1e-3)
+    np.testing.assert_allclose(ae.reconstruction_error(10.0 * X),
+                               100.0 * MLAutoencoder(n_components=1, hidden_features=16,
+                                                     max_epochs=5, random_state=0)
+                               .fit(X).reconstruction_error(X), rtol=1e-3, atol=1e-6)
+
+
+def test_feature_names_and_pandas_output():
+    pd = pytest.importorskip("pandas")
+    X, _ = _curve(200, 0.01)
+    df = pd.DataFrame(X, columns=["a", "b", "c"])
+    ae = MLAutoencoder(n_components=2, **FAST, random_state=0).fit(df)
+    np.testing.assert_array_equal(ae.feature_names_in_, ["a", "b", "c"])
+    np.testing.assert_array_equal(ae.get_feature_names_out(), ["mlautoencoder0", "mlautoencoder1"])
+    out = ae.set_output(transform="pandas").transform(df)
+    assert list(out.columns) == ["mlautoencoder0", "mlautoencoder1"]
+    assert out.shape == (200, 2)
+
+
+def test_pipeline_with_logistic_regression():
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:600], y[:600]
+    pipe = make_pipeline(
+        StandardScaler(),
+        MLAutoencoder(n_components=10, max_epochs=15, hidden_features=64, random_state=0),
+        LogisticRegression(max_iter=500),
+    )
+    acc = cross_val_score(pipe, X, y, cv=3).mean()
+    assert acc > 0.8  # chance is 0.1
+
+
+def test_pickle_and_joblib_round_trip(curve_model, tmp_path):
+    ae, X = curve_model[0], curve_model[1][:50]
+    ref = (ae.transform(X), ae.score_samples(X), ae.sample(3, random_state=0))
+    loaded = pickle.loads(pickle.dumps(ae))
+    joblib.dump(ae, tmp_path / "ae.joblib")
+    loaded2 = joblib.load(tmp_path / "ae.joblib")
+    for est in (loaded, loaded2):
+        np.testing.assert_allclose(est.transform(X), ref[0], atol=1e-6)
+        np.testing.assert_allclose(est.score_samples(X), ref[1], atol=1e-5)
+        np.testing.assert_allclose(est.sample(3, random_state=0), ref[2], atol=1e-6)
+
+
+def test_reproducible_with_random_state():
+    X, _ = _curve(200, 0.05)
+    a = MLAutoencoder(n_components=1, **FAST, random_state=3).fit(X).transform(X)
+    b = MLAutoencoder(n_components=1, **FAST, random_state=3).fit(X).transform(X)
+    np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.fixture(scope="module")
+def small_model():
+    X = np.random.default_rng(0).standard_normal((60, 3))
+    return MLAutoencoder(n_components=2, **FAST, random_state=0).fit(X)
+
+
+@pytest.mark.parametrize(
+    ("method", "X", "match"),
+    [
+        ("score_samples", np.array([[1.0, np.nan, 0.0]] * 5), "NaN"),
+        ("transform", np.array([[1.0, np.inf, 0.0]] * 5), "infinity"),
+        ("reconstruction_error", np.ones((5, 4)), "4 features"),
+        ("score_samples", np.ones((0, 3)), "0 sample"),
+        ("transform", np.ones(3), "2D array"),
+        ("inverse_transform", np.ones((5, 3)), "expecting 2 features"),
+        ("inverse_transform", np.array([[np.nan, 0.0]]), "NaN"),
+    ],
+)
+def test_bad_input_to_methods(small_model, method, X, match):
+    with pytest.raises(ValueError, match=match):
+        getattr(small_model, method)(X)
+
+
+def test_bad_input_to_fit():
+    X = np.random.default_rng(0).standard_normal((20, 3))
+    with pytest.raises(ValueError, match="NaN"):
+        MLAutoencoder(**FAST).fit(np.array([[0.0, np.nan, 1.0]] * 3))
+    with pytest.raises(ValueError, match="smaller than the number of features"):
+        MLAutoencoder(n_components=3, **FAST).fit(X)
+    with pytest.raises(ValueError, match="n_hutchinson"):
+        MLAutoencoder(n_components=1, n_hutchinson=2, **FAST).fit(X)
+    with pytest.raises(ValueError, match="beta"):
+        MLAutoencoder(beta=0.0).fit(X)
+    with pytest.raises(ValueError, match="scaling"):
+        MLAutoencoder(scaling="minmax").fit(X)
+    with pytest.raises(ValueError, match="n_samples"):
+        MLAutoencoder(n_components=1, **FAST).fit(X).sample(0)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rows=st.integers(0, 6),
+    cols=st.integers(1, 5),
+    bad=st.sampled_from([np.nan, np.inf, -np.inf, None]),
+)
+def test_fuzz_methods_never_return_nan(small_model, rows, cols, bad):
+    X = np.random.default_rng(rows).standard_normal((rows, cols)) * 3
+    if bad is not None and rows:
+        X[0, 0] = bad
+    for method in ("score_samples", "transform", "reconstruction_error"):
+        if rows == 0 or cols != 3 or bad is not None:
+            with pytest.raises(ValueError):
+                getattr(small_model, method)(X)
+        else:
+            out = getattr(small_model, method)(X)
+            assert out.shape[0] == rows and np.isfinite(out).all()

@@ -182,7 +182,8 @@ def test_gridsearch_in_parallel_and_pickle_round_trip(tmp_path):
     restored = pickle.loads(pickle.dumps(best))
     np.testing.assert_array_equal(restored.score_samples(X[:20]), before)
     joblib.dump(best, tmp_path / "flow.joblib")
-    np.testing.assert_array_equal(joblib.load(tmp_path / "flow.joblib").score_samples(X[:20]), before)
+    loaded = joblib.load(tmp_path / "flow.joblib")
+    np.testing.assert_array_equal(loaded.score_samples(X[:20]), before)
 
 
 def test_reproducible_with_random_state():
@@ -263,7 +264,9 @@ def test_bad_input_to_fit():
         FreeFormFlow(device="cuda", **FAST).fit(np.random.rand(10, 2))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     rows=st.integers(0, 6),
     cols=st.integers(1, 5),

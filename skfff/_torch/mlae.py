@@ -42,9 +42,13 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+from torch import nn
 from torch.func import jvp, vmap
 
+from .module import TrainingModule
+
 __all__ = [
+    "MLAEModule",
     "MLAEOutput",
     "sample_probes",
     "mlae_surrogate",
@@ -257,3 +261,72 @@ def manifold_log_prob(
     jac = decoder_jacobian(decoder, z, c, max_elements=max_elements)
     log_pz = -0.5 * (z.pow(2).sum(-1) + z.shape[-1] * _LOG_2PI)
     return log_pz - half_log_det_gram(jac, scale), z, x_hat
+
+
+class MLAEModule(TrainingModule):
+    """Encoder ``f: R^D -> R^d`` and decoder ``g: R^d -> R^D`` of an MLAE with its losses.
+
+    Training loss per sample (stable form, see the module docstring)::
+
+        beta * |x - g(f(x))|^2 + 1/2 |f(x)|^2 - v^T J_f(x) SG(J_g(f(x)) v)
+
+    Validation loss: the same objective with the exact volume term,
+    ``beta * |x - g(f(x))|^2 - log p(g(f(x)))``, i.e. (up to a constant) the negative
+    log-likelihood of a full-dimensional model that adds isotropic Gaussian noise of
+    variance ``1 / (2 beta)`` off the manifold. Its parts are recorded as ``nll`` (exact
+    manifold NLL) and ``reconstruction``.
+
+    Parameters
+    ----------
+    encoder, decoder : torch.nn.Module
+        Networks called as ``net(x, c)``.
+    beta : float
+        Weight of the reconstruction term.
+    n_hutchinson : int
+        Hutchinson probes per sample (at most ``d``).
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, beta: float, n_hutchinson: int):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.beta = float(beta)
+        self.n_hutchinson = int(n_hutchinson)
+
+    def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """Latent codes ``f(x)``."""
+        return self.encoder(x, c)
+
+    def decode(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """Points ``g(z)`` on the manifold."""
+        return self.decoder(z, c)
+
+    def reconstruct(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """Projections ``g(f(x))``."""
+        return self.decoder(self.encoder(x, c), c)
+
+    def training_loss(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        out = mlae_surrogate(self.encoder, self.decoder, x, c, n_probes=self.n_hutchinson)
+        reconstruction = (x - out.x_hat).pow(2).sum(-1)
+        nll_surrogate = 0.5 * out.z.pow(2).sum(-1) - out.surrogate
+        return (self.beta * reconstruction + nll_surrogate).mean()
+
+    def log_prob(
+        self,
+        x: torch.Tensor,
+        c: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Exact log-density of ``g(f(x))`` on the manifold (see :func:`manifold_log_prob`)."""
+        return manifold_log_prob(self.encoder, self.decoder, x, c, scale=scale)[0]
+
+    def validation_loss(
+        self, x: torch.Tensor, c: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        log_p, _, x_hat = manifold_log_prob(self.encoder, self.decoder, x, c)
+        reconstruction = (x - x_hat).pow(2).sum(-1)
+        return {
+            "loss": (self.beta * reconstruction - log_p).mean(),
+            "nll": -log_p.mean(),
+            "reconstruction": reconstruction.mean(),
+        }

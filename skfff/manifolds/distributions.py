@@ -103,8 +103,10 @@ class VonMisesFisherMixture(nn.Module):
     def sample(self, n_samples: int, generator: torch.Generator | None = None,
                device=None, dtype=torch.float32) -> torch.Tensor:
         """``n_samples`` points on ``S^2``, shape ``(n_samples, 3)``."""
+        where = generator.device if generator is not None else self.logits.device
         with torch.no_grad():
-            probs = torch.softmax(self.logits, 0)
+            probs = torch.softmax(self.logits, 0).to(where)
             k = torch.multinomial(probs, n_samples, replacement=True, generator=generator)
-            out = sample_vmf_s2(self.means[k], self.log_kappa.exp()[k], generator)
+            out = sample_vmf_s2(self.means.to(where)[k], self.log_kappa.exp().to(where)[k],
+                                generator)
         return out.to(device=device or out.device, dtype=dtype)
