@@ -229,8 +229,11 @@ def test_artificial_experiment_recovers_informative_latents(artificial):
     assert _mcc(Z[:, :2], latents[:, :2]) >= 0.9
     # the spectrum is sorted and the transform's columns follow it
     assert np.all(np.diff(gin.latent_std_) <= 0)
-    within = np.sqrt(np.mean([Z[y == k].var(0) for k in range(5)], axis=0))
-    np.testing.assert_allclose(within, gin.latent_std_, rtol=1e-3)
+    # latent_std_ is measured on the noisy inputs the model was trained on
+    rng = np.random.default_rng(0)
+    Zn = gin.transform(X + gin.noise_std * rng.standard_normal(X.shape))
+    within = np.sqrt(np.mean([Zn[y == k].var(0) for k in range(5)], axis=0))
+    np.testing.assert_allclose(within, gin.latent_std_, rtol=0.05)
     # validation NLL improved during training (early stopping has a criterion to follow)
     valid = gin.history_[:, "valid_loss"]
     assert np.isfinite(valid).all() and valid[-1] < valid[0] - 10
