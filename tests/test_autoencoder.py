@@ -233,16 +233,16 @@ def _curve(n: int, noise: float, seed: int = 0):
     """A 1-D manifold in 3-D, t ~ N(0, 1), plus isotropic Gaussian noise."""
     rng = np.random.default_rng(seed)
     t = rng.standard_normal((n, 1))
-    X = np.hstack([t, np.sin(1.5 * t), 0.5 * t**2])
+    X = np.hstack([t, np.sin(t), 0.5 * t**2])
     return X + noise * rng.standard_normal(X.shape), t[:, 0]
 
 
 @pytest.fixture(scope="module")
 def curve_model():
-    noise = 0.03
+    noise = 0.05
     X, t = _curve(1500, noise)
     ae = MLAutoencoder(
-        n_components=1, hidden_features=64, lr=2e-3, max_epochs=120, patience=15,
+        n_components=1, hidden_features=64, lr=3e-3, max_epochs=80, patience=20,
         random_state=0,
     ).fit(X)
     return ae, X, t, noise
@@ -254,7 +254,7 @@ def test_known_manifold_reconstruction_and_latent(curve_model):
     # the off-manifold noise lives in 2 of 3 directions: E|x - proj x|^2 = 2 noise^2
     err = ae.reconstruction_error(X_test)
     assert err.shape == (1000,)
-    assert err.mean() < 2.0 * (2 * noise**2)
+    assert err.mean() < 1.6 * (2 * noise**2)
     # the codes are standard normal (the model's latent) and track the true coordinate
     z = ae.transform(X_test)[:, 0]
     assert stats.kstest(z, "norm").pvalue > 0.01
@@ -263,11 +263,12 @@ def test_known_manifold_reconstruction_and_latent(curve_model):
     clean, _ = _curve(1000, 0.0, seed=1)
     X_hat = ae.inverse_transform(ae.transform(clean))
     assert np.mean(np.sum((X_hat - clean) ** 2, axis=1)) < 2 * noise**2
-    # samples lie on the manifold (distance to the data like the noise level)
+    # samples lie on the learnt manifold: f(g(z)) ~ z, so re-projecting a sample moves it
+    # far less than the noise
     S = ae.sample(500, random_state=0)
     assert S.shape == (500, 3)
     np.testing.assert_allclose(ae.sample(5, random_state=3), ae.sample(5, random_state=3))
-    assert ae.reconstruction_error(S).mean() < 1e-2 * noise**2 + 1e-5
+    assert ae.reconstruction_error(S).mean() < 0.2 * noise**2
 
 
 def test_history_records_exact_validation_terms(curve_model):
@@ -294,7 +295,7 @@ def test_linear_model_matches_probabilistic_pca():
 
     ae = MLAutoencoder(
         n_components=d, encoder=linear, decoder=linear, scaling="global", lr=1e-2,
-        max_epochs=120, patience=15, random_state=0,
+        max_epochs=150, patience=150, random_state=0,
     ).fit(X)
     manifold = ae.score_samples(X)
     err = ae.reconstruction_error(X)
@@ -303,34 +304,32 @@ def test_linear_model_matches_probabilistic_pca():
     ref = pca.score_samples(X)
     assert s2 == pytest.approx(pca.noise_variance_, rel=0.05)
     assert full.mean() == pytest.approx(ref.mean(), abs=0.05)
-    assert np.mean(np.abs(full - ref)) < 0.2
+    assert np.mean(np.abs(full - ref)) < 0.15
     # the in-subspace part alone: log N(U^T (x - mean); 0, diag(explained variance))
     proj = (X - pca.mean_) @ pca.components_.T
     in_plane = stats.multivariate_normal(np.zeros(d), np.diag(pca.explained_variance_))
     assert manifold.mean() == pytest.approx(in_plane.logpdf(proj).mean(), abs=0.05)
     # the latent codes are whitened
-    np.testing.assert_allclose(np.cov(ae.transform(X).T), np.eye(d), atol=0.08)
+    np.testing.assert_allclose(np.cov(ae.transform(X).T), np.eye(d), atol=0.1)
 
 
-def test_scaling_options_agree_in_data_units():
-    # the same (linear, exactly learnable) model in different inner units gives the same
-    # log-density in the units of X: the Jacobian includes the inner scaling
+def test_scaling_options():
     rng = np.random.default_rng(1)
-    X = rng.standard_normal((400, 1)) @ np.array([[2.0, -1.0, 0.5]]) * [1.0, 10.0, 0.1]
-    X = X + 1e-3 * rng.standard_normal(X.shape)
-    scores = {}
-    for scaling in ("standard", "global", None):
-        ae = MLAutoencoder(n_components=1, scaling=scaling, max_epochs=5, random_state=0)
-        ae.fit(X)
-        # impose the exact linear model: latent N(0, 1) along the data direction
-        module = ae.module_
-        assert np.all(ae.scale_ > 0)
-        scores[scaling] = (ae.scale_, ae.mean_)
-    # the scales differ as documented
-    assert np.allclose(scores[None][0], 1.0) and np.allclose(scores[None][1], 0.0)
-    assert np.ptp(scores["global"][0]) == 0.0
-    np.testing.assert_allclose(scores["standard"][0], X.std(axis=0))
-    del module
+    X = rng.standard_normal((100, 3)) * [1.0, 10.0, 0.1] + [5.0, 0.0, -1.0]
+    X[:, 2] = 7.0  # a constant column keeps scale 1
+    fitted = {
+        scaling: MLAutoencoder(n_components=1, scaling=scaling, **FAST, random_state=0).fit(X)
+        for scaling in ("standard", "global", None)
+    }
+    np.testing.assert_allclose(fitted["standard"].mean_, X.mean(axis=0))
+    np.testing.assert_allclose(fitted["standard"].scale_, np.r_[X.std(axis=0)[:2], 1.0])
+    glob = fitted["global"].scale_
+    assert np.ptp(glob) == 0.0
+    assert glob[0] == pytest.approx(np.sqrt(X.var(axis=0).sum() / 3))
+    np.testing.assert_array_equal(fitted[None].mean_, 0.0)
+    np.testing.assert_array_equal(fitted[None].scale_, 1.0)
+    for ae in fitted.values():
+        assert np.isfinite(ae.score_samples(X)).all()
 
 
 def test_score_samples_units_follow_the_scaling():
@@ -363,7 +362,10 @@ def test_pipeline_with_logistic_regression():
     X, y = X[:600], y[:600]
     pipe = make_pipeline(
         StandardScaler(),
-        MLAutoencoder(n_components=10, max_epochs=15, hidden_features=64, random_state=0),
+        MLAutoencoder(
+            n_components=10, max_epochs=15, hidden_features=64, lr=3e-3, batch_size=64,
+            random_state=0,
+        ),
         LogisticRegression(max_iter=500),
     )
     acc = cross_val_score(pipe, X, y, cv=3).mean()
