@@ -1,0 +1,349 @@
+"""Tests for FermatDistance, its graph machinery and the geodesic relaxation."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.integrate import quad
+from sklearn.cluster import DBSCAN, AgglomerativeClustering
+from sklearn.datasets import make_moons
+from sklearn.metrics import adjusted_rand_score, pairwise_distances
+from sklearn.neighbors import KernelDensity
+from sklearn.pipeline import make_pipeline
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from skfff._torch.geodesics import relax_paths, resample_polylines
+from skfff._torch.score_matching import fit_denoising_score
+from skfff.fermat import FermatDistance, _default_density
+
+
+# ---------------------------------------------------------------- analytic densities
+class StandardNormal:
+    """N(0, I_D) with its exact log-density and score."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def score_samples(self, X: np.ndarray) -> np.ndarray:
+        return -0.5 * np.sum(X**2, axis=1) - 0.5 * self.dim * np.log(2 * np.pi)
+
+    @staticmethod
+    def grad(X: np.ndarray) -> np.ndarray:
+        return -X
+
+
+class UniformBox:
+    """Uniform density on [0, side]^D: log p = -D log(side) inside, -inf outside."""
+
+    def __init__(self, dim: int, side: float = 1.0) -> None:
+        self.dim, self.side = dim, side
+
+    def score_samples(self, X: np.ndarray) -> np.ndarray:
+        inside = np.all((X >= 0) & (X <= self.side), axis=1)
+        return np.where(inside, -self.dim * np.log(self.side), -np.inf)
+
+    @staticmethod
+    def grad(X: np.ndarray) -> np.ndarray:
+        return np.zeros_like(X)
+
+
+def ray_distance(r1: float, r2: float, dim: int, beta: float) -> float:
+    """Exact Fermat distance between two points on one ray of N(0, I_D)."""
+    c = (2 * np.pi) ** (beta * dim / 2)
+    return quad(lambda r: c * np.exp(beta * r * r / 2), r1, r2)[0]
+
+
+def ray_pairs(dim: int, n: int, gap: float, rng: np.random.Generator):
+    u = rng.normal(size=(n, dim))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    mid = np.sqrt(dim) + rng.uniform(-0.5, 0.5, n)
+    half = 0.5 * gap * rng.uniform(0.8, 1.2, n)
+    r1, r2 = np.maximum(mid - half, 0.0), mid + half
+    exact = np.array([ray_distance(a, b, dim, 1.0 / dim) for a, b in zip(r1, r2, strict=True)])
+    return r1[:, None] * u, r2[:, None] * u, exact
+
+
+def gaussian_fd(dim: int, **kw) -> FermatDistance:
+    g = StandardNormal(dim)
+    return FermatDistance(density=g, prefit=True, score_function=g.grad, **kw)
+
+
+# ---------------------------------------------------------------- accuracy
+def test_uniform_density_gives_scaled_euclidean():
+    rng = np.random.default_rng(0)
+    side = 2.0
+    X = rng.uniform(0, side, size=(150, 2))
+    box = UniformBox(2, side)
+    fd = FermatDistance(density=box, prefit=True, score_function=box.grad, relax=True).fit(X)
+    E = pairwise_distances(X)
+    # p = 1 / side^2, beta = 1/2: metric factor p^(-1/2) = side
+    np.testing.assert_allclose(fd.pairwise(), side * E, rtol=1e-4, atol=1e-9)
+    graph_only = fd.set_params(relax=False).pairwise()
+    off = ~np.eye(len(X), dtype=bool)
+    ratio = graph_only[off] / (side * E[off])
+    assert ratio.min() >= 1 - 1e-9  # graph paths are never shorter than straight lines
+    assert np.median(ratio) < 1.1
+
+
+def test_gaussian_ray_accuracy_2d():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(1000, 2))
+    A, B, exact = ray_pairs(2, 20, 2.0, rng)
+    fd = gaussian_fd(2, relax=True).fit(X)
+    relaxed = np.array([fd(a, b) for a, b in zip(A, B, strict=True)])
+    graph = np.array([fd.set_params(relax=False)(a, b) for a, b in zip(A, B, strict=True)])
+    assert np.median(np.abs(relaxed / exact - 1)) < 0.01
+    assert np.median(np.abs(graph / exact - 1)) < 0.1
+    assert np.all(relaxed <= graph + 1e-12)
+
+
+@pytest.mark.parametrize(("dim", "gap"), [(5, 3.0), (10, 4.0)])
+def test_relaxation_beats_graph_in_higher_dimension(dim, gap):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(1000, dim))
+    A, B, exact = ray_pairs(dim, 15, gap, rng)
+    fd = gaussian_fd(dim, relax=True).fit(X)
+    relaxed = np.diag(fd.pairwise(A, B))
+    graph = np.diag(fd.set_params(relax=False).pairwise(A, B))
+    err_relaxed = np.median(np.abs(relaxed / exact - 1))
+    err_graph = np.median(np.abs(graph / exact - 1))
+    assert err_graph > 0.1  # graph paths zig-zag in high dimension
+    assert err_relaxed < 0.02
+    # no path is shorter than the geodesic (up to quadrature error)
+    assert np.all(relaxed >= exact * (1 - 1e-3))
+
+
+def test_dsm_score_model_guides_relaxation():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(1000, 3))
+    model = fit_denoising_score(X, n_steps=600, seed=0)
+    x = torch.as_tensor(rng.normal(size=(200, 3)), dtype=torch.float32)
+    with torch.no_grad():
+        s = model(x).numpy()
+    rel = np.linalg.norm(s + x.numpy(), axis=1) / np.linalg.norm(x.numpy(), axis=1)
+    assert np.median(rel) < 0.25  # near the exact score -x (a short fit, a noisy target)
+    fd = FermatDistance(
+        density=StandardNormal(3), prefit=True, score_function="dsm", random_state=0
+    ).fit(X)
+    A, B, exact = ray_pairs(3, 8, 2.5, rng)
+    assert np.median(np.abs(np.diag(fd.pairwise(A, B)) / exact - 1)) < 0.03
+
+
+def test_relax_paths_straightens_zigzag_without_score():
+    t = torch.linspace(0, 1, 33)
+    phi = torch.stack([t, 0.2 * torch.sin(12 * torch.pi * t)], dim=1)[None]
+    phi = resample_polylines(phi, 33)
+    out, n_iter = relax_paths(phi, lambda x: torch.zeros_like(x), beta=0.5, max_iter=500)
+    assert n_iter < 500
+    assert out[0, :, 1].abs().max() < 1e-3
+    spacing = (out[0, 1:] - out[0, :-1]).norm(dim=1)
+    assert torch.allclose(spacing, torch.full_like(spacing, 1 / 32), atol=1e-3)
+    assert torch.equal(out[0, 0], phi[0, 0]) and torch.equal(out[0, -1], phi[0, -1])
+
+
+def test_resample_polylines_constant_speed_with_padding():
+    poly = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [1.0, 1.0]]])
+    out = resample_polylines(poly, 5)
+    expected = torch.tensor([[0.0, 0.0], [0.5, 0.0], [1.0, 0.0], [1.0, 0.5], [1.0, 1.0]])
+    torch.testing.assert_close(out[0], expected)
+
+
+# ---------------------------------------------------------------- metric properties
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(8, 30),
+    dim=st.integers(1, 3),
+    k=st.integers(1, 6),
+    seed=st.integers(0, 10_000),
+)
+def test_symmetry_zero_diagonal_triangle_inequality(n, dim, k, seed):
+    X = np.random.default_rng(seed).normal(size=(n, dim))
+    fd = gaussian_fd(dim, n_neighbors=k, relax=False).fit(X)
+    D = fd.pairwise()
+    assert np.isfinite(D).all() and (D >= 0).all()
+    np.testing.assert_array_equal(D, D.T)
+    np.testing.assert_array_equal(np.diag(D), 0.0)
+    # d(i, j) <= d(i, m) + d(m, j) for every triple
+    assert (D[:, None, :] <= D[:, :, None] + D[None, :, :] + 1e-9 * D.max()).all()
+    # relaxed distances: symmetric, zero diagonal, never above graph distances
+    R = fd.set_params(relax=True).pairwise()
+    np.testing.assert_array_equal(R, R.T)
+    np.testing.assert_array_equal(np.diag(R), 0.0)
+    assert (R <= D + 1e-12).all()
+
+
+def test_disconnected_components_give_finite_ordered_distances():
+    rng = np.random.default_rng(3)
+    X = np.vstack([rng.normal(size=(40, 2)), rng.normal(size=(40, 2)) + [30.0, 0.0]])
+    kde = KernelDensity(bandwidth=0.5)
+    fd = FermatDistance(density=kde, n_neighbors=5, relax=False).fit(X)
+    assert fd.n_components_ == 2
+    assert len(set(fd.component_labels_[:40])) == 1
+    D = fd.pairwise()
+    assert np.isfinite(D).all()
+    assert D[:40, 40:].min() > 10 * max(D[:40, :40].max(), D[40:, 40:].max())
+    assert (D[:, None, :] <= D[:, :, None] + D[None, :, :] + 1e-9 * D.max()).all()
+
+
+def _dbscan_success_fraction(M: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    scores = []
+    for q in np.linspace(0.002, 0.3, 60):
+        eps = np.quantile(M[np.triu_indices_from(M, 1)], q)
+        labels = DBSCAN(eps=eps, min_samples=10, metric="precomputed").fit_predict(M)
+        scores.append(adjusted_rand_score(y, labels[: len(y)]))
+    scores = np.asarray(scores)
+    return float(scores.max()), float(np.mean(scores > 0.9))
+
+
+def test_dbscan_two_moons_in_background_noise():
+    rng = np.random.default_rng(0)
+    X, y = make_moons(400, noise=0.08, random_state=0)
+    Z = np.vstack([X, rng.uniform([-1.5, -1.0], [2.5, 1.5], size=(120, 2))])
+    # beta = 1 in 2-D is the classic sample Fermat distance with alpha = 3
+    fd = FermatDistance(density=KernelDensity(bandwidth=0.1), beta=1.0, relax=False)
+    best_f, frac_f = _dbscan_success_fraction(fd.fit_transform(Z), y)
+    best_e, frac_e = _dbscan_success_fraction(pairwise_distances(Z), y)
+    assert best_f > 0.99
+    # background points sit in low density: Fermat distances push them away, so many more
+    # eps values separate the moons than with Euclidean distances
+    assert frac_f > 2 * frac_e
+
+
+# ---------------------------------------------------------------- API
+@pytest.fixture(scope="module")
+def moons_fd():
+    X, _ = make_moons(120, noise=0.05, random_state=0)
+    kde = KernelDensity(bandwidth=0.2)
+    return FermatDistance(density=kde, n_neighbors=8, random_state=0).fit(X), X
+
+
+def test_transform_pairwise_call_consistency(moons_fd):
+    fd, X = moons_fd
+    fd = fd.set_params(relax=False)
+    D = fd.pairwise()
+    np.testing.assert_allclose(fd.transform(X), D, rtol=1e-12)
+    Z = np.random.default_rng(0).normal(scale=0.5, size=(7, 2)) + [0.5, 0.25]
+    T = fd.transform(Z)
+    assert T.shape == (7, 120) and T.dtype == np.float64 and np.isfinite(T).all()
+    np.testing.assert_allclose(fd.pairwise(None, Z), T.T)
+    np.testing.assert_allclose(fd.pairwise(Z, X), T)
+    P = fd.pairwise(Z)
+    np.testing.assert_array_equal(P, P.T)
+    np.testing.assert_array_equal(np.diag(P), 0.0)
+    assert fd(Z[0], Z[1]) == pytest.approx(P[0, 1])
+    np.testing.assert_allclose(fd(Z), P)
+    assert fd(X[3], X[3]) == 0.0
+
+
+def test_pipeline_and_callable_metric(moons_fd):
+    fd, X = moons_fd
+    labels = make_pipeline(
+        FermatDistance(density=KernelDensity(bandwidth=0.2), relax=False),
+        DBSCAN(eps=0.3, min_samples=5, metric="precomputed"),
+    ).fit_predict(X)
+    assert labels.shape == (120,)
+    agg = AgglomerativeClustering(n_clusters=2, metric=fd.set_params(relax=False))
+    assert agg.set_params(linkage="average").fit_predict(X).shape == (120,)
+
+
+def test_geodesic_endpoints_length_and_ray():
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(800, 2))
+    fd = gaussian_fd(2, n_path_points=24).fit(X)
+    a, b = np.array([0.3, 0.3]), np.array([1.5, 1.5])
+    path, length = fd.geodesic(a, b, return_length=True)
+    assert path.shape == (24, 2)
+    np.testing.assert_array_equal(path[0], a)
+    np.testing.assert_array_equal(path[-1], b)
+    assert length == pytest.approx(fd(a, b), rel=1e-6)
+    # the geodesic of N(0, I) between two points on a ray is the ray itself
+    assert np.abs(path[:, 0] - path[:, 1]).max() < 1e-3
+    assert length == pytest.approx(ray_distance(0.3 * 2**0.5, 1.5 * 2**0.5, 2, 0.5), rel=1e-3)
+
+
+def test_relax_auto_budget_warns_and_falls_back(moons_fd):
+    fd, X = moons_fd
+    fd = fd.set_params(relax="auto", max_relax_pairs=10)
+    with pytest.warns(UserWarning, match="max_relax_pairs"):
+        D = fd.pairwise(X[:10])
+    np.testing.assert_allclose(D, fd.set_params(relax=False).pairwise(X[:10]))
+
+
+def test_n_jobs_and_pickle_round_trip(moons_fd):
+    fd, X = moons_fd
+    fd = fd.set_params(relax=False)
+    D = fd.pairwise()
+    np.testing.assert_allclose(fd.set_params(n_jobs=2).pairwise(), D)
+    loaded = pickle.loads(pickle.dumps(fd.set_params(n_jobs=None)))
+    np.testing.assert_allclose(loaded.pairwise(), D)
+
+
+def test_beta_zero_is_graph_euclidean():
+    X = np.random.default_rng(5).uniform(size=(60, 2))
+    fd = FermatDistance(density=StandardNormal(2), prefit=True, beta=0.0, relax=False).fit(X)
+    E = pairwise_distances(X)
+    D = fd.pairwise()
+    assert (D >= E - 1e-12).all()
+    nn = np.argsort(E, axis=1)[:, 1]
+    np.testing.assert_allclose(D[np.arange(60), nn], E[np.arange(60), nn])
+
+
+def test_default_density_is_freeformflow():
+    from skfff.flow import FreeFormFlow
+
+    X, _ = make_moons(200, noise=0.05, random_state=0)
+    fd = FermatDistance(relax=False, random_state=0)
+    fd.set_params(density=FreeFormFlow(max_epochs=3, hidden_features=16, n_blocks=1))
+    fd.fit(X)
+    assert isinstance(fd.density_, FreeFormFlow)
+    assert fd.density is not fd.density_  # cloned, the parameter is untouched
+    assert np.isfinite(fd.pairwise()).all()
+    assert isinstance(_default_density(), FreeFormFlow)
+
+
+# ---------------------------------------------------------------- errors
+class NaNDensity:
+    def score_samples(self, X):
+        return np.full(len(X), np.nan)
+
+
+def test_errors(moons_fd):
+    fd, X = moons_fd
+    with pytest.raises(ValueError, match="finite log-density"):
+        FermatDistance(density=NaNDensity(), prefit=True).fit(X)
+    with pytest.raises(ValueError, match="needs a density"):
+        FermatDistance(prefit=True).fit(X)
+    with pytest.raises(ValueError, match="features"):
+        fd.transform(np.zeros((3, 5)))
+    with pytest.raises(ValueError):
+        FermatDistance(n_neighbors=0).fit(X)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    bad=st.sampled_from([np.nan, np.inf, -np.inf]),
+    row=st.integers(0, 4),
+    col=st.integers(0, 1),
+)
+def test_non_finite_input_is_rejected(moons_fd, bad, row, col):
+    fd, X = moons_fd
+    Z = np.zeros((5, 2))
+    Z[row, col] = bad
+    with pytest.raises(ValueError):
+        fd.transform(Z)
+    with pytest.raises(ValueError):
+        FermatDistance(density=KernelDensity(), relax=False).fit(Z)
+
+
+# ---------------------------------------------------------------- sklearn checks
+@parametrize_with_checks(
+    [FermatDistance(density=KernelDensity(bandwidth=0.5), relax=False, n_neighbors=3)],
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
