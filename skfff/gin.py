@@ -316,6 +316,12 @@ class GINTransformer(
                 f"GINTransformer needs at least 2 features (coupling blocks split them in two), "
                 f"got n_features = {X.shape[1]}: 1 feature(s)."
             )
+        if self.warm_start and hasattr(self, "net_"):
+            if self.module_.prior.n_classes != self._n_classes:
+                raise ValueError(
+                    f"warm_start=True: the flow was fitted with {self.module_.prior.n_classes} "
+                    f"classes, y now has {self._n_classes}; refit with warm_start=False."
+                )
         counts = np.bincount(codes, minlength=self._n_classes)
         if np.any(counts < 2):
             warnings.warn(

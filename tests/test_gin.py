@@ -355,3 +355,36 @@ def test_fuzz_bad_input_raises_value_error(small_gin, rows, cols, bad, method):
 @parametrize_with_checks([GINTransformer(**FAST, random_state=0)])
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+def test_early_stopping_custom_subnet_and_warm_start():
+    X, y, _ = make_nonlinear_ica(400, n_features=4, random_state=0)
+    gin = GINTransformer(
+        subnet=lambda i, o: torch.nn.Sequential(
+            torch.nn.Linear(i, 16), torch.nn.Tanh(), torch.nn.Linear(16, o)
+        ),
+        lr=1e-2,
+        max_epochs=200,
+        batch_size=100,
+        early_stopping=True,
+        patience=3,
+        random_state=0,
+    ).fit(X, y)
+    assert gin.n_iter_ < 200  # stopped on the held-out NLL
+    assert isinstance(gin.module_.flow.layers[0].net1[1], torch.nn.Tanh)
+    best = np.min(gin.history_[:, "valid_loss"])
+    assert np.isfinite(best)
+    gin.set_params(warm_start=True, max_epochs=1, early_stopping=False)
+    with pytest.raises(ValueError, match="warm_start"):
+        gin.fit(X, y % 2)
+
+
+@pytest.mark.cuda
+def test_cuda_fit_then_load_on_cpu(monkeypatch):
+    X, y, _ = make_nonlinear_ica(300, n_features=4, random_state=0)
+    gin = GINTransformer(**FAST, device="cuda", random_state=0).fit(X, y)
+    ref = gin.transform(X[:10])
+    blob = pickle.dumps(gin)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    loaded = pickle.loads(blob)
+    np.testing.assert_allclose(loaded.transform(X[:10]), ref, atol=1e-4)
