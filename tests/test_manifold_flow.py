@@ -1,16 +1,25 @@
 """Tests for the M-FFF maths (skfff._torch.manifold_estimators) and ManifoldFreeFormFlow."""
 
 import math
+import pickle
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.spatial.transform import Rotation
+from sklearn.base import clone
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from skfff import ManifoldFreeFormFlow
 from skfff._torch.manifold_estimators import (
     manifold_log_abs_det,
     manifold_log_prob,
     tangent_probes,
     tangent_surrogate,
 )
+from skfff.datasets import make_torus_wrapped_normal_mixture, make_vmf_mixture
 from skfff.manifolds import Product, SpecialOrthogonal, Sphere, Torus
 
 MANIFOLDS = [Sphere(2), Torus(2), SpecialOrthogonal(), Product(Sphere(2), Torus(1))]
@@ -112,7 +121,7 @@ def test_surrogate_gradient_matches_exact_log_det_gradient():
     A = A0.clone().requires_grad_(True)
     f, _ = _sphere_linear_maps(A)
     _, g_inv = _sphere_linear_maps(A0)  # decoder = exact inverse, no gradient to A
-    z, x_hat, sur = tangent_surrogate(f, g_inv, s2, x, n_probes=4000, generator=_gen(8))
+    z, x_hat, sur = tangent_surrogate(f, g_inv, s2, x, n_probes=1500, generator=_gen(8))
     assert torch.allclose(x_hat, x, atol=1e-10)
     assert torch.allclose(z, f(x), atol=1e-12)
     (g_sur,) = torch.autograd.grad(sur.sum(), A)
@@ -135,3 +144,208 @@ def test_exact_log_det_is_differentiable():
     expected = 16 * torch.linalg.inv(A.detach()).T - 3 * torch.einsum(
         "bi,bj->ij", y / y.pow(2).sum(-1, keepdim=True), x)
     assert torch.allclose(grad, expected, atol=1e-8)
+
+
+# ------------------------------------------------------------------- estimator
+FAST = {"hidden_features": 32, "n_blocks": 2, "batch_size": 128, "random_state": 0}
+
+
+def _mc_integral(flow, manifold, n=20_000, seed=0):
+    """Monte Carlo integral of the learnt density with uniform points."""
+    u = manifold.random_uniform(n, _gen(seed), dtype=torch.float64).numpy()
+    coords = manifold.from_embedding(u)
+    return float(np.exp(flow.score_samples(coords)).mean() * math.exp(manifold.log_volume()))
+
+
+@pytest.fixture(scope="module")
+def sphere_fit():
+    X, _, dist = make_vmf_mixture(1200, n_components=2, concentration=8.0, random_state=0,
+                                  return_distribution=True)
+    flow = ManifoldFreeFormFlow("sphere", max_epochs=40, lr=3e-3, **FAST).fit(X)
+    return flow, dist
+
+
+@pytest.fixture(scope="module")
+def torus_fit():
+    X, _, dist = make_torus_wrapped_normal_mixture(1200, n_components=2, scale=0.5,
+                                                   random_state=0, return_distribution=True)
+    flow = ManifoldFreeFormFlow("torus", max_epochs=40, lr=1e-2, **FAST).fit(X)
+    return flow, dist
+
+
+def _so3_data(n, seed):
+    rng = np.random.default_rng(seed)
+    centres = Rotation.from_rotvec([[0.0, 0.0, 0.0], [2.0, -1.0, 0.5]])
+    k = rng.integers(0, 2, n)
+    noise = Rotation.from_rotvec(0.35 * rng.standard_normal((n, 3)))
+    return (centres[k] * noise).as_matrix()  # (n, 3, 3)
+
+
+@pytest.fixture(scope="module")
+def so3_fit():
+    flow = ManifoldFreeFormFlow("so3", max_epochs=20, lr=3e-3, **FAST).fit(_so3_data(800, 0))
+    return flow
+
+
+def test_sphere_density_integrates_to_one_and_nll_near_truth(sphere_fit):
+    flow, dist = sphere_fit
+    assert abs(_mc_integral(flow, Sphere(2)) - 1.0) < 0.06
+    X_test, _ = dist.sample(1000, random_state=1)
+    true_nll = -dist.log_density(X_test).mean()
+    nll = -flow.score(X_test)
+    assert math.log(4 * math.pi) - nll > 1.0  # learnt a lot beyond uniform
+    assert nll - true_nll < 0.15
+    assert nll - true_nll > -0.05  # not better than the truth (would mean mass leaks)
+
+
+def test_torus_density_integrates_to_one_and_nll_near_truth(torus_fit):
+    flow, dist = torus_fit
+    assert abs(_mc_integral(flow, Torus(2)) - 1.0) < 0.1
+    A_test, _ = dist.sample(1000, random_state=1)
+    true_nll = -dist.log_density(A_test).mean()
+    nll = -flow.score(A_test)
+    assert 2 * math.log(2 * math.pi) - nll > 1.2
+    assert -0.05 < nll - true_nll < 0.25
+    # angles are periodic: shifting by 2 pi changes nothing
+    np.testing.assert_allclose(flow.score_samples(A_test[:20] + 2 * np.pi),
+                               flow.score_samples(A_test[:20]), atol=1e-4)
+
+
+def test_so3_density_integrates_to_one(so3_fit):
+    flow = so3_fit
+    assert abs(_mc_integral(flow, SpecialOrthogonal(), n=40_000) - 1.0) < 0.1
+    R = _so3_data(500, 1)
+    assert -flow.score(R) < math.log(8 * math.pi**2) - 1.0
+    # (n, 3, 3), (n, 9) and scalar-last quaternions are the same points
+    quats = Rotation.from_matrix(R[:10]).as_quat()
+    lp = flow.score_samples(R[:10])
+    np.testing.assert_allclose(flow.score_samples(R[:10].reshape(10, 9)), lp)
+    np.testing.assert_allclose(flow.score_samples(quats), lp, atol=1e-4)
+
+
+@pytest.mark.parametrize("which", ["sphere_fit", "torus_fit", "so3_fit"])
+def test_samples_on_manifold_and_round_trip(which, request):
+    fit = request.getfixturevalue(which)
+    flow = fit[0] if isinstance(fit, tuple) else fit
+    S = flow.sample(500, random_state=0)
+    assert S.shape == (500, flow.n_features_in_) and S.dtype == np.float64
+    m = flow.manifold_
+    emb = torch.as_tensor(m.to_embedding(S))
+    assert m.distance_to_manifold(emb).max() < 1e-6
+    np.testing.assert_array_equal(S, flow.sample(500, random_state=0))
+    assert not np.array_equal(S, flow.sample(500, random_state=1))
+    Z = flow.transform(S[:50])
+    assert m.distance_to_manifold(torch.as_tensor(m.to_embedding(Z))).max() < 1e-6
+    back = flow.inverse_transform(Z)
+    err = np.linalg.norm(m.to_embedding(back) - m.to_embedding(S[:50]), axis=1)
+    assert np.median(err) < 0.05 and np.quantile(err, 0.9) < 0.15  # short training
+
+
+def test_samples_follow_the_learnt_density(sphere_fit):
+    # samples concentrate where the truth does: mean true log-density of samples far
+    # above that of uniform points
+    flow, dist = sphere_fit
+    S = flow.sample(2000, random_state=0)
+    u = Sphere(2).random_uniform(2000, _gen(), dtype=torch.float64).numpy()
+    assert dist.log_density(S).mean() > dist.log_density(u).mean() + 1.5
+
+
+def test_off_manifold_points_are_rejected_or_projected(sphere_fit):
+    flow, _ = sphere_fit
+    X = np.array([[0.0, 0.0, 1.0], [0.0, 0.6, 0.6]])
+    with pytest.raises(ValueError, match=r"1 of 2 points.*off the manifold.*0\.151"):
+        flow.score_samples(X)
+    projected = clone(flow).set_params(project_inputs=True)
+    projected.__dict__.update({k: v for k, v in flow.__dict__.items() if k.endswith("_")})
+    lp = projected.score_samples(X)
+    np.testing.assert_allclose(lp[1], flow.score_samples([[0.0, np.sqrt(0.5), np.sqrt(0.5)]])[0],
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="3 features"):
+        flow.score_samples(np.ones((2, 4)) / 2)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=3,
+                max_size=3), st.integers(0, 2))
+def test_fuzzed_bad_rows_raise_value_error(sphere_fit, row, where):
+    flow, _ = sphere_fit
+    X = np.array([[1.0, 0.0, 0.0]] * 3)
+    X[where] = row
+    norm = np.linalg.norm(X[where])
+    if np.all(np.isfinite(X)) and abs(norm - 1.0) <= 1e-4:
+        assert np.isfinite(flow.score_samples(X)).all()
+    else:
+        with pytest.raises(ValueError):
+            flow.score_samples(X)
+
+
+def test_bad_parameters_and_manifold_shapes():
+    X, _ = make_vmf_mixture(50, random_state=0)
+    with pytest.raises(ValueError, match="n_features = 3"):
+        ManifoldFreeFormFlow("so3", max_epochs=1).fit(X)
+    with pytest.raises(ValueError, match="only available on the sphere"):
+        ManifoldFreeFormFlow("torus", prior="vmf_mixture", max_epochs=1).fit(X)
+    with pytest.raises(ValueError, match="takes 4 coordinates"):
+        ManifoldFreeFormFlow(Product(Sphere(2), Torus(1)), max_epochs=1).fit(X)
+    with pytest.raises(ValueError, match="manifold"):
+        ManifoldFreeFormFlow("hyperbolic", max_epochs=1).fit(X)
+    with pytest.raises(ValueError, match="n_samples"):
+        ManifoldFreeFormFlow(max_epochs=1, **FAST).fit(X).sample(0)
+
+
+def test_product_manifold_and_vmf_prior_fit():
+    X, _ = make_vmf_mixture(300, random_state=0)
+    A = np.random.default_rng(0).normal(0.5, 0.3, size=(300, 1))
+    m = Product(Sphere(2), Torus(1))
+    flow = ManifoldFreeFormFlow(m, max_epochs=3, **FAST).fit(np.hstack([X, A]))
+    S = flow.sample(100, random_state=0)
+    assert S.shape == (100, 4)
+    np.testing.assert_allclose(np.linalg.norm(S[:, :3], axis=1), 1.0, atol=1e-12)
+    assert np.isfinite(flow.score_samples(np.hstack([X, A])[:5])).all()
+    vmf = ManifoldFreeFormFlow(prior="vmf_mixture", n_prior_components=3, max_epochs=3,
+                               **FAST).fit(X)
+    assert np.isfinite(vmf.score_samples(X[:5])).all()
+    np.testing.assert_allclose(np.linalg.norm(vmf.sample(50, random_state=0), axis=1), 1.0)
+
+
+def test_conditional_on_labels():
+    X, y = make_vmf_mixture(600, n_components=2, concentration=15.0, random_state=0)
+    flow = ManifoldFreeFormFlow(conditional=True, max_epochs=15, lr=3e-3, **FAST).fit(X, y)
+    assert list(flow.classes_) == [0, 1]
+    lp0 = flow.score_samples(X, np.zeros(len(X), dtype=int))
+    lp1 = flow.score_samples(X, np.ones(len(X), dtype=int))
+    # each point is more likely under its own label
+    assert np.mean((lp1 > lp0) == (y == 1)) > 0.9
+    S = flow.sample(200, y=[1], random_state=0)
+    means = [X[y == k].mean(0) for k in (0, 1)]
+    assert np.linalg.norm(S.mean(0) - means[1]) < np.linalg.norm(S.mean(0) - means[0])
+    with pytest.raises(ValueError, match="needs y"):
+        clone(flow).fit(X)
+
+
+def test_pickle_and_reproducibility(sphere_fit):
+    flow, dist = sphere_fit
+    X, _ = dist.sample(20, random_state=3)
+    again = pickle.loads(pickle.dumps(flow))
+    np.testing.assert_array_equal(again.score_samples(X), flow.score_samples(X))
+    X_small, _ = make_vmf_mixture(200, random_state=0)
+    a = ManifoldFreeFormFlow(max_epochs=2, **FAST).fit(X_small).score_samples(X)
+    b = ManifoldFreeFormFlow(max_epochs=2, **FAST).fit(X_small).score_samples(X)
+    np.testing.assert_array_equal(a, b)
+
+
+EXPECTED_FAILED_CHECKS = {
+    "check_estimators_dtypes": (
+        "casts random data to integers, which makes all-zero rows: the origin has no "
+        "projection onto the sphere, so fit rightly raises a ValueError"
+    ),
+}
+
+
+@parametrize_with_checks(
+    [ManifoldFreeFormFlow(project_inputs=True, max_epochs=2, hidden_features=8, n_blocks=1,
+                          random_state=0)],
+    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)

@@ -41,6 +41,9 @@ def test_dimensions_and_projection(m):
     other = m.random_uniform(64, _gen(1), dtype=torch.float64)
     assert ((x - p).norm(dim=-1) <= (x - other).norm(dim=-1) + 1e-10).all()
     assert not m.belongs(2.0 * p + 0.3, atol=1e-3).all()
+    assert not m.belongs(torch.zeros(1, m.ambient_dim, dtype=torch.float64)).any()
+    # the distance to the manifold is the distance to the projection
+    assert torch.allclose(m.distance_to_manifold(x), (x - p).norm(dim=-1), atol=1e-10)
 
 
 @pytest.mark.parametrize("m", MANIFOLDS, ids=IDS)

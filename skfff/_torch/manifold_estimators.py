@@ -194,7 +194,8 @@ class ManifoldFreeFormFlowModule(TrainingModule):
 
     def __init__(self, encoder: torch.nn.Module, decoder: torch.nn.Module, manifold: Manifold,
                  prior: torch.nn.Module, beta: float, n_hutchinson: int = 1,
-                 distance_weight: float = 1.0, cycle_weight: float = 1.0):
+                 distance_weight: float = 1.0, cycle_weight: float = 1.0,
+                 uniform_weight: float = 0.0):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
@@ -204,6 +205,7 @@ class ManifoldFreeFormFlowModule(TrainingModule):
         self.n_hutchinson = int(n_hutchinson)
         self.distance_weight = float(distance_weight)
         self.cycle_weight = float(cycle_weight)
+        self.uniform_weight = float(uniform_weight)
 
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """``f(x) = pi(f~(x, c))``."""
@@ -239,6 +241,10 @@ class ManifoldFreeFormFlowModule(TrainingModule):
                 z_prior = self.prior.sample(x.shape[0], device=x.device, dtype=x.dtype)
             z_cycle = self.encode(self.decode(z_prior, c), c)
             loss = loss + self.cycle_weight * (z_cycle - z_prior).pow(2).sum(-1)
+        if self.uniform_weight:
+            x_u = self.manifold.random_uniform(x.shape[0], device=x.device, dtype=x.dtype)
+            x_u_hat = self.decode(self.encode(x_u, c), c)
+            loss = loss + self.uniform_weight * (x_u_hat - x_u).pow(2).sum(-1)
         return loss.mean()
 
     def validation_loss(self, x: torch.Tensor, c: torch.Tensor | None = None

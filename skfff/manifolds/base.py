@@ -109,12 +109,12 @@ class Manifold(ABC):
 
     def coordinates_off_manifold(self, X: np.ndarray) -> np.ndarray:
         """Per-row distance of user coordinates to the manifold (0 for angle charts)."""
-        emb = torch.as_tensor(self.to_embedding(X), dtype=torch.float64)
+        emb = torch.tensor(self.to_embedding(X), dtype=torch.float64)
         return self.distance_to_manifold(emb).numpy()
 
     def project_coordinates(self, X: np.ndarray) -> np.ndarray:
         """Project user coordinates onto the manifold, returned in coordinates."""
-        emb = torch.as_tensor(self.to_embedding(X), dtype=torch.float64)
+        emb = torch.tensor(self.to_embedding(X), dtype=torch.float64)
         return self.from_embedding(self.project(emb).numpy())
 
     # ------------------------------------------------------------------- python

@@ -57,6 +57,11 @@ class Product(Manifold):
         return torch.cat([f.project(p) for f, p in zip(self.factors, self._split(x),
                                                          strict=True)], -1)
 
+    def distance_to_manifold(self, x):
+        parts = [f.distance_to_manifold(p) for f, p in zip(self.factors, self._split(x),
+                                                          strict=True)]
+        return torch.stack(parts, -1).pow(2).sum(-1).sqrt()
+
     def project_tangent(self, x, v):
         x, v = torch.broadcast_tensors(x, v)
         return torch.cat([f.project_tangent(p, q) for f, p, q in

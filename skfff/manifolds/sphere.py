@@ -50,6 +50,9 @@ class Sphere(Manifold):
     def project_tangent(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return v - (v * x).sum(-1, keepdim=True) * x
 
+    def distance_to_manifold(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.norm(dim=-1) - 1.0).abs()
+
     def tangent_basis(self, x):
         """Orthonormal basis of ``x^perp`` from a Householder reflection.
 

@@ -50,6 +50,9 @@ class Torus(Manifold):
         p = p / p.norm(dim=-1, keepdim=True).clamp_min(_EPS)
         return p.reshape(x.shape)
 
+    def distance_to_manifold(self, x):
+        return (self._pairs(x).norm(dim=-1) - 1.0).pow(2).sum(-1).sqrt()
+
     def project_tangent(self, x, v):
         x, v = torch.broadcast_tensors(x, v)
         p, q = self._pairs(x), self._pairs(v)
