@@ -111,6 +111,8 @@ class DirichletVAE(TrainingModule):
         self.n_components = int(n_components)
         self.latent = latent
         self.kl_weight = float(kl_weight)
+        # Multiplies kl_weight in the training loss; a callback may ramp it up (KL warm-up).
+        self.kl_scale = 1.0
         self.n_classes = int(n_classes)
         k = self.n_components
         if encoder is None:
@@ -119,18 +121,35 @@ class DirichletVAE(TrainingModule):
             self.encoder = encoder(n_features, 2 * k)
         # Topics: logits of K pure components, mixed linearly in logit space (no bias).
         self.topics = nn.Parameter(0.1 * torch.randn(n_features, k))
+        # Standardisation of the encoder input sqrt(x) (see set_input_scaling).
+        self.register_buffer("input_mean", torch.zeros(n_features))
+        self.register_buffer("input_scale", torch.ones(n_features))
         if latent == "dirichlet":
             self.prior: nn.Module = DirichletLaplacePrior(alpha, n_components=k)
         else:
             self.prior = GaussianMixturePrior.at_simplex_corners(k, scale=mixture_scale)
 
     # ----------------------------------------------------------------- parts
+    @torch.no_grad()
+    def set_input_scaling(self, x: torch.Tensor) -> None:
+        """Standardise the encoder input ``sqrt(x)`` with the statistics of the rows ``x``.
+
+        Also starts every topic at the log mean row (plus its random init), so the encoder only
+        has to learn departures from the average.
+        """
+        h = torch.sqrt(x.clamp_min(0.0))
+        self.input_mean.copy_(h.mean(0))
+        self.input_scale.copy_(h.std(0).clamp_min(1e-3))
+        self.topics.add_(torch.log(x.mean(0) + 1e-4)[:, None])
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior ``q(z | x) = N(mean, diag exp(log_var))``, each of shape (B, K).
 
-        The encoder sees ``sqrt(x)``, which tames the dynamic range of histogram cells.
+        The encoder sees ``sqrt(x)`` (which tames the dynamic range of histogram cells),
+        standardised per feature.
         """
-        out = self.encoder(torch.sqrt(x.clamp_min(0.0)))
+        h = (torch.sqrt(x.clamp_min(0.0)) - self.input_mean) / self.input_scale
+        out = self.encoder(h)
         mean, log_var = out[..., : self.n_components], out[..., self.n_components :]
         return mean, log_var.clamp(-12.0, 8.0)
 
@@ -208,9 +227,13 @@ class DirichletVAE(TrainingModule):
 
     # ---------------------------------------------------------------- losses
     def training_loss(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """``recon + kl_weight * KL`` (batch mean), plus the label cross-entropy if supervised."""
+        """``recon + kl_scale * kl_weight * KL`` (batch mean), plus the label cross-entropy.
+
+        The label term (only with ``n_classes > 0`` and one-hot ``c``) is
+        ``-sum_k c_k log w_k`` over the first ``n_classes`` mixture weights.
+        """
         recon, kl = self.elbo_terms(x)
-        loss = (recon + self.kl_weight * kl).mean()
+        loss = (recon + self.kl_scale * self.kl_weight * kl).mean()
         if self.n_classes and c is not None:
             log_w = self.log_mixture_weights(x)[:, : self.n_classes]
             loss = loss - (c * log_w).sum(-1).mean()

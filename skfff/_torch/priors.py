@@ -94,7 +94,9 @@ class DirichletLaplacePrior(torch.nn.Module):
 
     def __init__(self, alpha, n_components: int | None = None) -> None:
         super().__init__()
-        alpha_t = torch.as_tensor(alpha, dtype=torch.get_default_dtype()).reshape(-1)
+        floating = isinstance(alpha, torch.Tensor) and alpha.is_floating_point()
+        dtype = alpha.dtype if floating else torch.get_default_dtype()
+        alpha_t = torch.as_tensor(alpha, dtype=dtype).reshape(-1)
         if alpha_t.numel() == 1 and n_components is not None:
             alpha_t = alpha_t.expand(int(n_components)).clone()
         if n_components is not None and alpha_t.numel() != n_components:
