@@ -299,7 +299,7 @@ def _walk_paths(
     width = paths.shape[1]
     shift = width - n_nodes
     col = (np.arange(width)[None, :] + shift[:, None]).clip(max=width - 1)
-    return np.take_along_axis(paths, col, axis=1)
+    return np.take_along_axis(paths, col, axis=1).astype(np.int32)
 
 
 @dataclass

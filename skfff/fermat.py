@@ -362,7 +362,7 @@ class FermatDistance(TransformerMixin, BaseEstimator):
                 ]
                 or [np.zeros((0, width), dtype=np.int64)]
             )
-            lengths, _ = self._relaxed_lengths(Q1.points[rows], self.X_fit_[paths], Q2.points[cols])
+            lengths = self._relaxed_lengths(Q1.points[rows], paths, Q2.points[cols])[0]
             better = lengths < D[rows, cols]
             D[rows[better], cols[better]] = lengths[better]
             if symmetric:
@@ -370,18 +370,24 @@ class FermatDistance(TransformerMixin, BaseEstimator):
         return D
 
     def _relaxed_lengths(
-        self, start: np.ndarray, middle: np.ndarray, end: np.ndarray, batch_size: int = 4096
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Relax polylines ``start -> middle[i] -> end`` and return lengths and paths."""
+        self,
+        start: np.ndarray,
+        nodes: np.ndarray,
+        end: np.ndarray,
+        *,
+        return_paths: bool = False,
+        batch_size: int = 4096,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Relax the polylines ``start -> X_fit_[nodes[i]] -> end``; return their lengths."""
         n_paths = start.shape[0]
         D = self.n_features_in_
         N = self.n_path_points
         lengths = np.empty(n_paths)
-        out = np.empty((n_paths, N, D))
+        out = np.empty((n_paths, N, D)) if return_paths else None
         score = self._score_fn()
         for lo in range(0, n_paths, batch_size):
             sl = slice(lo, lo + batch_size)
-            poly = np.concatenate([start[sl, None], middle[sl], end[sl, None]], axis=1)
+            poly = np.concatenate([start[sl, None], self.X_fit_[nodes[sl]], end[sl, None]], axis=1)
             phi = resample_polylines(torch.as_tensor(poly, dtype=torch.float32), N)
             phi, _ = relax_paths(phi, score, self.beta_, max_iter=self.max_relax_iter)
             phi = phi.double().numpy()
@@ -393,7 +399,8 @@ class FermatDistance(TransformerMixin, BaseEstimator):
                 self.n_quadrature,
             ).reshape(phi.shape[0], N - 1)
             lengths[sl] = np.exp(seg).sum(axis=1)
-            out[sl] = phi
+            if out is not None:
+                out[sl] = phi
         return lengths, out
 
     def pairwise(self, X: Any = None, Y: Any = None) -> np.ndarray:
@@ -476,7 +483,9 @@ class FermatDistance(TransformerMixin, BaseEstimator):
         if self.relax is False or graph_len == 0.0:
             path, length = graph_path, graph_len
         else:
-            lengths, paths = self._relaxed_lengths(Qa.points, poly[:, 1:-1], Qb.points)
+            lengths, paths = self._relaxed_lengths(
+                Qa.points, middle[:1], Qb.points, return_paths=True
+            )
             path, length = (paths[0], float(lengths[0]))
             if length > graph_len:
                 path, length = graph_path, graph_len

@@ -119,26 +119,27 @@ def relax_paths(
         step = (N - 1) ** 2 / 10.0
     inv = _implicit_operator(n_int, step, phi)
     chord = (phi[:, -1] - phi[:, 0]).norm(dim=-1).clamp_min(1e-12)  # (B,)
-    seg0 = (phi[:, 1:] - phi[:, :-1]).norm(dim=-1).sum(dim=1) / (N - 1)  # mean spacing
-    max_move = seg0[:, None, None]
+    # largest move per point and iteration: the path's initial mean spacing
+    spacing = (phi[:, 1:] - phi[:, :-1]).norm(dim=-1).sum(dim=1) / (N - 1)
+    active = torch.arange(B, device=phi.device)  # paths not yet converged
     n_iter = 0
     for n_iter in range(1, max_iter + 1):  # noqa: B007 - reported to the caller
-        x = phi[:, 1:-1]
-        d = 0.5 * (phi[:, 2:] - phi[:, :-2])
+        sub = phi[active]
+        x = sub[:, 1:-1]
+        d = 0.5 * (sub[:, 2:] - sub[:, :-2])
         d2 = (d * d).sum(dim=-1, keepdim=True)
         t = d / d2.sqrt().clamp_min(1e-12)
-        s = score(x.reshape(-1, D)).reshape(B, n_int, D)
+        s = score(x.reshape(-1, D)).reshape(x.shape)
         s_perp = s - (s * t).sum(dim=-1, keepdim=True) * t
-        rhs = x + step * beta * d2 * s_perp
-        rhs[:, 0] += step * phi[:, 0]
-        rhs[:, -1] += step * phi[:, -1]
-        x_new = torch.einsum("ij,bjd->bid", inv, rhs)
-        move = x_new - x
+        rhs = x + (step * beta) * d2 * s_perp
+        rhs[:, 0] += step * sub[:, 0]
+        rhs[:, -1] += step * sub[:, -1]
+        move = torch.einsum("ij,bjd->bid", inv, rhs).sub_(x).nan_to_num_(0.0, 0.0, 0.0)
         norm = move.norm(dim=-1, keepdim=True)
-        move = move * (max_move / norm.clamp_min(1e-30)).clamp(max=1.0)
-        if not torch.isfinite(move).all():
-            move = torch.nan_to_num(move, nan=0.0, posinf=0.0, neginf=0.0)
-        phi[:, 1:-1] = x + move
-        if (norm[..., 0].amax(dim=1) <= tol * chord).all():
+        move *= (spacing[active, None, None] / norm.clamp_min(1e-30)).clamp(max=1.0)
+        phi[active, 1:-1] = x + move
+        done = norm[..., 0].amax(dim=1) <= tol * chord[active]
+        active = active[~done]
+        if active.numel() == 0:
             break
     return phi, n_iter
