@@ -301,28 +301,29 @@ class GINTransformer(
             )
             X = self._validate_X(X, reset=True)
             codes = np.zeros(X.shape[0], dtype=np.int64)
-            self.classes_ = None
-            self._n_classes = 1
+            classes = None
         else:
             X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], ensure_min_samples=2)
             y = column_or_1d(y, warn=True)
             check_classification_targets(y)
             encoder = LabelEncoder().fit(y)
             codes = encoder.transform(y).astype(np.int64)
-            self.classes_ = encoder.classes_
-            self._n_classes = len(self.classes_)
+            classes = encoder.classes_
+        n_classes = 1 if classes is None else len(classes)
         if X.shape[1] < 2:
             raise ValueError(
-                f"GINTransformer needs at least 2 features (coupling blocks split them in two), "
-                f"got n_features = {X.shape[1]}: 1 feature(s)."
+                "GINTransformer needs at least 2 features (coupling blocks split them in two), "
+                f"got {X.shape[1]} feature(s)."
             )
         if self.warm_start and hasattr(self, "net_"):
-            if self.module_.prior.n_classes != self._n_classes:
+            if self.module_.prior.n_classes != n_classes:
                 raise ValueError(
                     f"warm_start=True: the flow was fitted with {self.module_.prior.n_classes} "
-                    f"classes, y now has {self._n_classes}; refit with warm_start=False."
+                    f"classes, y now has {n_classes}; refit with warm_start=False."
                 )
-        counts = np.bincount(codes, minlength=self._n_classes)
+        self.classes_ = classes
+        self._n_classes = n_classes
+        counts = np.bincount(codes, minlength=n_classes)
         if np.any(counts < 2):
             warnings.warn(
                 "Some classes have fewer than 2 samples; their variance cannot be estimated and "
