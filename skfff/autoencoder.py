@@ -356,6 +356,10 @@ class MLAutoencoder(
     def score(self, X: Any, y: Any = None) -> float:
         """Mean manifold log-density of ``X`` (see :meth:`score_samples`).
 
+        Densities w.r.t. volumes of different dimension are not comparable: do not use
+        this score to choose ``n_components`` (compare full-dimensional likelihoods, see
+        the class Notes, or reconstruction errors instead).
+
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features)

@@ -391,6 +391,15 @@ def test_reproducible_with_random_state():
     np.testing.assert_array_equal(a, b)
 
 
+def test_warm_start_continues_training():
+    X, _ = _curve(100, 0.05)
+    ae = MLAutoencoder(n_components=1, **FAST, warm_start=True, random_state=0).fit(X)
+    mean, n_epochs = ae.mean_.copy(), len(ae.history_)
+    ae.fit(X + 1.0)
+    assert len(ae.history_) == 2 * n_epochs  # the same net, trained further
+    np.testing.assert_array_equal(ae.mean_, mean)  # the scaling is kept
+
+
 # ------------------------------------------------------------------ bad input
 @pytest.fixture(scope="module")
 def small_model():
