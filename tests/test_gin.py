@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 
+import joblib
 import numpy as np
 import pytest
 import torch
@@ -283,12 +284,27 @@ def test_sample_follows_the_class_prior(artificial):
         gin.sample(0)
 
 
-def test_pickle_round_trip(artificial):
+def test_pickle_and_joblib_round_trip(artificial, tmp_path):
     gin = artificial[0]
     X = artificial[1][:50]
     loaded = pickle.loads(pickle.dumps(gin))
     np.testing.assert_array_equal(loaded.transform(X), gin.transform(X))
     assert loaded.n_informative_ == gin.n_informative_
+    joblib.dump(gin, tmp_path / "gin.joblib")
+    loaded = joblib.load(tmp_path / "gin.joblib")
+    np.testing.assert_array_equal(loaded.score_samples(X), gin.score_samples(X))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_paper_configuration(seed):
+    """The paper's setting: 10 000 points, batch 1000, lr 1e-2, 80 epochs, width-10 couplings."""
+    X, y, latents = make_nonlinear_ica(10_000, random_state=seed)
+    gin = GINTransformer(
+        hidden_features=10, lr=1e-2, max_epochs=80, batch_size=1000, random_state=seed
+    ).fit(X, y)
+    assert gin.n_informative_ == 2
+    assert _mcc(gin.transform(X)[:, :2], latents[:, :2]) >= 0.95
 
 
 def test_spectrum_knee_and_threshold():
