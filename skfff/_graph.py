@@ -440,6 +440,18 @@ def query_distances(
         D[res.rows] = res.distances
         res.distances = np.empty((0, 0))
     if symmetric:
-        np.minimum(D, D.T, out=D)
-        np.fill_diagonal(D, 0.0)
+        _symmetrise(D)
     return D, results
+
+
+def _symmetrise(D: np.ndarray, tile: int = 2048) -> None:
+    """``D <- min(D, D.T)`` in place, tile by tile (no full-size temporary), zero diagonal."""
+    n = D.shape[0]
+    for i in range(0, n, tile):
+        for j in range(i, n, tile):
+            upper = D[i : i + tile, j : j + tile]
+            lower = D[j : j + tile, i : i + tile]
+            m = np.minimum(upper, lower.T)
+            upper[...] = m
+            lower[...] = m.T
+    np.fill_diagonal(D, 0.0)
