@@ -459,3 +459,17 @@ def test_fuzz_methods_never_return_nan(small_model, rows, cols, bad):
         else:
             out = getattr(small_model, method)(X)
             assert out.shape[0] == rows and np.isfinite(out).all()
+
+
+@pytest.mark.cuda
+def test_cuda_fit_then_load_on_cpu(tmp_path, monkeypatch):
+    X, _ = _curve(300, 0.05)
+    ae = MLAutoencoder(n_components=1, **FAST, device="cuda", random_state=0).fit(X)
+    ref = (ae.transform(X[:10]), ae.score_samples(X[:10]))
+    path = tmp_path / "ae.pkl"
+    path.write_bytes(pickle.dumps(ae))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    loaded = pickle.loads(path.read_bytes())
+    assert loaded.net_.device == "cpu"
+    np.testing.assert_allclose(loaded.transform(X[:10]), ref[0], atol=1e-4)
+    np.testing.assert_allclose(loaded.score_samples(X[:10]), ref[1], atol=1e-3)
