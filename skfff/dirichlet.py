@@ -154,7 +154,12 @@ class DirichletLatentClassifier(
     components.
 
     On data where one class dominates (90 %) and has large internal variation, the ELBO can
-    prefer to split the dominant class over isolating the rare one; check the learnt topics
+    prefer to split the dominant class over isolating the rare one: on
+    :func:`~skfff.datasets.make_jet_images` with 10 % one-prong jets among three-prong ones,
+    two components give an AUC near 0.5. More components than classes fix it there (the
+    dominant class spreads over several components and the rare one gets its own):
+    ``n_components=4, latent="gaussian_mixture"`` reached AUC 0.94-0.97 over three seeds,
+    the Dirichlet latent with 4 components 0.68-0.94. Check the learnt topics
     (``components_``) before trusting the classifier.
 
     References
