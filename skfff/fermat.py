@@ -66,12 +66,14 @@ class FermatDistance(TransformerMixin, BaseEstimator):
         ``p = 0``). ``None`` uses :class:`~skfff.FreeFormFlow`. It is cloned and fitted on
         ``X`` unless ``prefit=True``.
     score_function : {"auto", "dsm", "finite_difference"} or callable, default="auto"
-        Where the relaxation gets ``grad log p``: ``"dsm"`` trains a small network by
-        denoising score matching on ``X`` (the paper found it steadier than a flow's own
-        gradient); ``"finite_difference"`` differentiates ``density.score_samples``
-        numerically (2 D evaluations per point; for cheap densities); a callable maps an
-        ``(n, D)`` array to ``(n, D)`` scores. ``"auto"`` means ``"dsm"``. Only used when
-        paths are relaxed.
+        Where the relaxation gets ``grad log p``: ``"finite_difference"`` differentiates
+        ``density.score_samples`` numerically (2 D extra evaluations per point; exactly
+        consistent with the density that measures the lengths); ``"dsm"`` trains a small
+        network by denoising score matching on ``X`` (cheaper in high dimension; the paper
+        found it steadier than a flow's own gradient); a callable maps an ``(n, D)`` array
+        to ``(n, D)`` scores. ``"auto"`` picks ``"finite_difference"`` up to 8 features and
+        ``"dsm"`` above. Only used when paths are relaxed. Whatever the score, a relaxation
+        step that lengthens a path (under the density) is rejected.
     beta : float, default=None
         Exponent of the metric ``p^(-beta)``; ``None`` uses the dimension-adapted
         ``1 / n_features``. ``beta = 0`` gives graph-approximated Euclidean distances.
@@ -81,7 +83,8 @@ class FermatDistance(TransformerMixin, BaseEstimator):
     relax : bool or "auto", default="auto"
         Relax graph paths towards geodesics. ``"auto"`` relaxes when a request involves at
         most ``max_relax_pairs`` pairs and otherwise returns graph distances with a warning
-        (relaxation costs ``n_path_points * max_relax_iter`` score evaluations per pair).
+        (relaxation costs up to ``n_path_points * max_relax_iter`` score and density
+        evaluations per pair).
         Relaxed lengths replace graph lengths only when shorter (both are lengths of real
         paths, so the shorter is the better estimate).
     max_relax_pairs : int, default=20000
@@ -119,6 +122,8 @@ class FermatDistance(TransformerMixin, BaseEstimator):
         holds for graph distances.
     component_labels_ : ndarray of shape (n_samples,)
         Component of each training point before bridging.
+    score_function_ : str or callable
+        The score used by the relaxation (``"auto"`` resolved).
     score_model_ : torch.nn.Module or None
         The denoising score model, when one was trained.
     X_fit_ : ndarray of shape (n_samples, n_features)
@@ -254,7 +259,10 @@ class FermatDistance(TransformerMixin, BaseEstimator):
             graph, X, self._log_weight, self.n_quadrature
         )
         self.score_model_ = None
-        if self.relax is not False and self.score_function in ("auto", "dsm"):
+        self.score_function_ = self.score_function
+        if self.score_function == "auto":
+            self.score_function_ = "finite_difference" if D <= 8 else "dsm"
+        if self.relax is not False and self.score_function_ == "dsm":
             self.score_model_ = fit_denoising_score(X, seed=rng.randint(np.iinfo(np.int32).max))
         return self
 
@@ -287,15 +295,16 @@ class FermatDistance(TransformerMixin, BaseEstimator):
                     return model(x)
 
             return fn
-        if callable(self.score_function):
-            user = self.score_function
+        if callable(self.score_function_):
+            user = self.score_function_
 
             def fn(x: torch.Tensor) -> torch.Tensor:
                 s = np.asarray(user(x.detach().cpu().numpy().astype(np.float64)))
                 return torch.as_tensor(s, dtype=x.dtype).reshape(x.shape)
 
             return fn
-        # finite differences of the density's log p
+        # finite differences of the density's log p (also when relax was off at fit time, so
+        # that no score model was trained)
         h = 1e-3 * float(np.mean(np.std(self.X_fit_, axis=0)) + 1e-12)
         score_samples = self.density_.score_samples
 
@@ -389,7 +398,9 @@ class FermatDistance(TransformerMixin, BaseEstimator):
             sl = slice(lo, lo + batch_size)
             poly = np.concatenate([start[sl, None], self.X_fit_[nodes[sl]], end[sl, None]], axis=1)
             phi = resample_polylines(torch.as_tensor(poly, dtype=torch.float32), N)
-            phi, _ = relax_paths(phi, score, self.beta_, max_iter=self.max_relax_iter)
+            phi, _ = relax_paths(
+                phi, score, self.beta_, max_iter=self.max_relax_iter, length=self._torch_length
+            )
             phi = phi.double().numpy()
             phi[:, 0], phi[:, -1] = start[sl], end[sl]
             seg = _segment_log_lengths(
@@ -402,6 +413,15 @@ class FermatDistance(TransformerMixin, BaseEstimator):
             if out is not None:
                 out[sl] = phi
         return lengths, out
+
+    def _torch_length(self, phi: torch.Tensor) -> torch.Tensor:
+        """Metric length of a batch of paths (midpoint rule per segment), for step control."""
+        B, N, D = phi.shape
+        x = phi.detach().cpu().double().numpy()
+        mid = 0.5 * (x[:, 1:] + x[:, :-1]).reshape(-1, D)
+        seg = np.linalg.norm(x[:, 1:] - x[:, :-1], axis=-1)
+        w = np.exp(self._log_weight(mid)).reshape(B, N - 1)
+        return torch.as_tensor((w * seg).sum(axis=1), dtype=phi.dtype)
 
     def pairwise(self, X: Any = None, Y: Any = None) -> np.ndarray:
         """Fermat distance matrix.

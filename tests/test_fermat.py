@@ -135,6 +135,45 @@ def test_dsm_score_model_guides_relaxation():
     assert np.median(np.abs(np.diag(fd.pairwise(A, B)) / exact - 1)) < 0.03
 
 
+def test_finite_difference_score_relaxation():
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(800, 3))
+    fd = FermatDistance(density=StandardNormal(3), prefit=True, score_function="auto").fit(X)
+    assert fd.score_function_ == "finite_difference" and fd.score_model_ is None
+    A, B, exact = ray_pairs(3, 10, 2.5, rng)
+    est = np.diag(fd.pairwise(A, B))
+    graph = np.diag(fd.set_params(relax=False).pairwise(A, B))
+    assert np.median(np.abs(est / exact - 1)) < 0.005 < np.median(np.abs(graph / exact - 1))
+
+
+def test_step_control_never_lengthens_paths_in_a_stiff_density():
+    # a narrow ridge along y = 0: the explicit score term is stiff, free steps oscillate
+    width = 0.02
+
+    def score(x):
+        return torch.stack([torch.zeros_like(x[:, 0]), -x[:, 1] / width**2], dim=1)
+
+    def length(phi):
+        mid = 0.5 * (phi[:, 1:] + phi[:, :-1])
+        w = torch.exp(0.5 * mid[..., 1] ** 2 / width**2)  # p^(-1/2), p ~ exp(-y^2 / 2 w^2)
+        return (w * (phi[:, 1:] - phi[:, :-1]).norm(dim=-1)).sum(dim=1)
+
+    gen = torch.Generator().manual_seed(0)
+    t = torch.linspace(0, 1, 20)
+    base = torch.stack([t, torch.zeros_like(t)], dim=1)
+    phi = base[None] + 0.01 * torch.randn(16, 20, 2, generator=gen)
+    phi[:, 0], phi[:, -1] = base[0], base[-1]
+    phi = resample_polylines(phi, 20)
+    before = length(phi)
+    free, _ = relax_paths(phi, score, beta=0.5, max_iter=30)
+    controlled, _ = relax_paths(phi, score, beta=0.5, max_iter=30, length=length)
+    after = length(controlled)
+    assert (after <= before * (1 + 1e-6)).all()
+    # the geodesic is the segment on the ridge, of length 1
+    assert (after < 1.01).all() and (before > 1.04).all()
+    assert (length(free) > before).any()  # without the control the iteration is unstable
+
+
 def test_relax_paths_straightens_zigzag_without_score():
     t = torch.linspace(0, 1, 33)
     phi = torch.stack([t, 0.2 * torch.sin(12 * torch.pi * t)], dim=1)[None]

@@ -13,8 +13,11 @@ constant speed; the normal part straightens the path against the pull of the sco
 iteration takes an implicit (backward Euler) step in the second difference and an explicit
 one in the score term, so a large step relaxes the whole path at once instead of diffusing
 corrections point by point. The fixed point is a discrete critical point of the length
-``sum_i p(m_i)^(-beta) |phi_{i+1} - phi_i|``. Only the score is needed, batched over many
-paths: a tensor of shape ``(n_paths, n_points, D)``.
+``sum_i p(m_i)^(-beta) |phi_{i+1} - phi_i|``. The score drives the iteration; when the
+length itself can be evaluated, a per-path step control rejects any step that lengthens the
+path, so the relaxation only ever shortens it (sharply peaked, learnt densities make the
+explicit score term stiff). Batched over many paths: tensors of shape
+``(n_paths, n_points, D)``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from torch import Tensor
 __all__ = ["relax_paths", "resample_polylines"]
 
 ScoreFn = Callable[[Tensor], Tensor]
+LengthFn = Callable[[Tensor], Tensor]
 
 
 def resample_polylines(points: Tensor, n_points: int) -> Tensor:
@@ -83,6 +87,8 @@ def relax_paths(
     max_iter: int = 200,
     step: float | None = None,
     tol: float = 1e-4,
+    length: LengthFn | None = None,
+    n_step_levels: int = 12,
 ) -> tuple[Tensor, int]:
     """Move the interior points of paths towards the metric's geodesics (end points fixed).
 
@@ -97,11 +103,19 @@ def relax_paths(
     max_iter : int
         Largest number of iterations.
     step : float, optional
-        Implicit step size, in units of the squared point spacing. The default
+        Largest implicit step size, in units of the squared point spacing. The default
         ``(N - 1)^2 / 10`` relaxes the slowest mode of the path by about a half per
         iteration; larger steps are faster and less damped.
     tol : float
-        Stop once no point moves by more than ``tol`` times its path's chord length.
+        A path stops once no point moves by more than ``tol`` times its chord length.
+    length : callable, optional
+        ``length(paths) -> (B,)`` metric lengths. When given, every path keeps its own step
+        size: a step that lengthens the path is rejected and the step halved, an accepted one
+        lets the step grow again. The lengths then never increase, which keeps stiff (sharply
+        peaked) densities stable. A path stops when its step has been halved
+        ``n_step_levels - 1`` times.
+    n_step_levels : int
+        Number of step sizes ``step * 2^-k`` available to the step control.
 
     Returns
     -------
@@ -117,7 +131,11 @@ def relax_paths(
     n_int = N - 2
     if step is None:
         step = (N - 1) ** 2 / 10.0
-    inv = _implicit_operator(n_int, step, phi)
+    steps = step * 2.0 ** -torch.arange(n_step_levels, dtype=torch.float64)
+    invs = torch.stack([_implicit_operator(n_int, float(s), phi) for s in steps])
+    steps = steps.to(phi)
+    level = torch.zeros(B, dtype=torch.long, device=phi.device)
+    best = length(phi) if length is not None else None
     chord = (phi[:, -1] - phi[:, 0]).norm(dim=-1).clamp_min(1e-12)  # (B,)
     # largest move per point and iteration: the path's initial mean spacing
     spacing = (phi[:, 1:] - phi[:, :-1]).norm(dim=-1).sum(dim=1) / (N - 1)
@@ -125,20 +143,34 @@ def relax_paths(
     n_iter = 0
     for n_iter in range(1, max_iter + 1):  # noqa: B007 - reported to the caller
         sub = phi[active]
+        lv = level[active]
+        st = steps[lv][:, None, None]
         x = sub[:, 1:-1]
         d = 0.5 * (sub[:, 2:] - sub[:, :-2])
         d2 = (d * d).sum(dim=-1, keepdim=True)
         t = d / d2.sqrt().clamp_min(1e-12)
         s = score(x.reshape(-1, D)).reshape(x.shape)
         s_perp = s - (s * t).sum(dim=-1, keepdim=True) * t
-        rhs = x + (step * beta) * d2 * s_perp
-        rhs[:, 0] += step * sub[:, 0]
-        rhs[:, -1] += step * sub[:, -1]
-        move = torch.einsum("ij,bjd->bid", inv, rhs).sub_(x).nan_to_num_(0.0, 0.0, 0.0)
+        rhs = x + st * beta * d2 * s_perp
+        rhs[:, 0] += st[:, 0] * sub[:, 0]
+        rhs[:, -1] += st[:, 0] * sub[:, -1]
+        move = torch.einsum("bij,bjd->bid", invs[lv], rhs).sub_(x).nan_to_num_(0.0, 0.0, 0.0)
         norm = move.norm(dim=-1, keepdim=True)
         move *= (spacing[active, None, None] / norm.clamp_min(1e-30)).clamp(max=1.0)
-        phi[active, 1:-1] = x + move
-        done = norm[..., 0].amax(dim=1) <= tol * chord[active]
+        small = norm[..., 0].amax(dim=1) <= tol * chord[active]
+        if length is None:
+            phi[active, 1:-1] = x + move
+            done = small
+        else:
+            cand = sub.clone()
+            cand[:, 1:-1] = x + move
+            new = length(cand)
+            ok = new <= best[active] * (1 + 1e-7)
+            phi[active[ok]] = cand[ok]
+            best[active[ok]] = new[ok]
+            level[active] = torch.where(ok, (lv - 1).clamp_min(0), lv + 1)
+            done = (ok & small) | (level[active] >= n_step_levels)
+            level.clamp_(max=n_step_levels - 1)
         active = active[~done]
         if active.numel() == 0:
             break
