@@ -133,6 +133,15 @@ class MLAutoencoder(
     ``score_samples(X) - reconstruction_error(X) / (2 s2) - (D - d) / 2 log(2 pi s2)``;
     for a linear encoder and decoder at the optimum it equals probabilistic PCA's.
 
+    ``beta`` balances the manifold fit against the latent distribution. In
+    ``benchmarks/bench_autoencoder.py`` (digits and MNIST, ``scaling="global"``, 30 to 100
+    epochs) ``beta=10`` reconstructs like a plain autoencoder but its codes are still
+    wider than ``N(0, I)`` (covariance eigenvalues up to 2.7 on digits, 7 on MNIST) when
+    training stops, which hurts samples; ``beta=1`` gives codes closer to ``N(0, I)`` and
+    samples that a 1-nearest-neighbour two-sample test separates less well from data, at a
+    somewhat larger reconstruction error. Check ``np.cov(transform(X).T)`` against the
+    identity, and train longer or lower ``beta`` when it is far off.
+
     References
     ----------
     .. [1] P. Sorrenson, F. Draxler, A. Rousselot, S. Hummerich, L. Zimmermann,
