@@ -349,7 +349,7 @@ def test_feature_names_and_pandas_output():
     pd = pytest.importorskip("pandas")
     X, _ = _curve(200, 0.01)
     df = pd.DataFrame(X, columns=["a", "b", "c"])
-    ae = MLAutoencoder(n_components=2, **FAST, random_state=0).fit(df)
+    ae = MLAutoencoder(n_components=2, n_hutchinson=2, **FAST, random_state=0).fit(df)
     np.testing.assert_array_equal(ae.feature_names_in_, ["a", "b", "c"])
     np.testing.assert_array_equal(ae.get_feature_names_out(), ["mlautoencoder0", "mlautoencoder1"])
     out = ae.set_output(transform="pandas").transform(df)
