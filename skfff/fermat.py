@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, TransformerMixin, clone
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin, clone
 from sklearn.neighbors import KernelDensity, NearestNeighbors
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
@@ -48,7 +48,7 @@ def _default_density() -> BaseEstimator:
     return FreeFormFlow()
 
 
-class FermatDistance(TransformerMixin, BaseEstimator):
+class FermatDistance(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Density-based (Fermat) distance with graph shortest paths and geodesic relaxation.
 
     The distance between ``a`` and ``b`` is the length of the shortest path under the metric
@@ -535,6 +535,11 @@ class FermatDistance(TransformerMixin, BaseEstimator):
         if u_arr.ndim == 1 and v_arr.ndim == 1:
             return float(D[0, 0])
         return D
+
+    @property
+    def _n_features_out(self) -> int:
+        """One output column per training point (for ``get_feature_names_out``)."""
+        return self.X_fit_.shape[0]
 
     def __sklearn_tags__(self):  # noqa: D105
         tags = super().__sklearn_tags__()

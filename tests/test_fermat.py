@@ -10,6 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.integrate import quad
+from sklearn.base import clone
 from sklearn.cluster import DBSCAN, AgglomerativeClustering
 from sklearn.datasets import make_moons
 from sklearn.metrics import adjusted_rand_score, pairwise_distances
@@ -304,6 +305,15 @@ def test_geodesic_endpoints_length_and_ray():
     # the geodesic of N(0, I) between two points on a ray is the ray itself
     assert np.abs(path[:, 0] - path[:, 1]).max() < 1e-3
     assert length == pytest.approx(ray_distance(0.3 * 2**0.5, 1.5 * 2**0.5, 2, 0.5), rel=1e-3)
+
+
+def test_pandas_output(moons_fd):
+    pd = pytest.importorskip("pandas")
+    fd, X = moons_fd
+    fd = clone(fd).set_params(relax=False).set_output(transform="pandas").fit(X)
+    out = fd.transform(X[:4])
+    assert isinstance(out, pd.DataFrame) and out.shape == (4, 120)
+    assert list(out.columns[:2]) == ["fermatdistance0", "fermatdistance1"]
 
 
 def test_relax_auto_budget_warns_and_falls_back(moons_fd):
