@@ -287,6 +287,20 @@ def test_unsupervised_fit_without_labels_and_supervised_mode():
     assert sup.score(X, y) > 0.9
 
 
+def test_custom_encoder():
+    X, y = make_jet_images(200, 0.5, 6, random_state=8)
+    net = torch.nn.Sequential(torch.nn.Linear(36, 16), torch.nn.Tanh(), torch.nn.Linear(16, 6))
+    clf = DirichletLatentClassifier(3, encoder=net, max_epochs=2, random_state=0, device="cpu")
+    clf.fit(X, y)
+    assert clf.module_.encoder is not net  # deep-copied, the user's module is untouched
+    assert clf.module_.encoder[0].in_features == 36
+    factory = DirichletLatentClassifier(
+        encoder=lambda d_in, d_out: torch.nn.Linear(d_in, d_out), max_epochs=2, device="cpu"
+    ).fit(X)
+    assert isinstance(factory.module_.encoder, torch.nn.Linear)
+    assert factory.transform(X).shape == (200, 2)
+
+
 def test_reproducible_and_pickles(fitted, tmp_path):
     clf, X, yl = fitted
     again = pickle.loads(pickle.dumps(clf))

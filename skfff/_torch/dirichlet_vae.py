@@ -20,6 +20,7 @@ SciPost Phys. 11, 061 (2021).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 
 import torch
@@ -79,9 +80,10 @@ class DirichletVAE(TrainingModule):
         always uses weight 1).
     hidden_layer_sizes : sequence of int, default=(128, 64)
         Hidden widths of the default encoder.
-    encoder : callable, optional
-        ``encoder(in_features, out_features) -> nn.Module`` replacing the default encoder; it
-        receives ``sqrt(x)`` and must return ``2 K`` numbers per row (mean, log-variance).
+    encoder : torch.nn.Module or callable, optional
+        A module (deep-copied) or a factory ``encoder(in_features, out_features)`` replacing
+        the default encoder; it receives the standardised ``sqrt(x)`` and must return ``2 K``
+        numbers per row (mean, log-variance).
     n_classes : int, default=0
         With ``n_classes > 0`` the training loss adds the cross-entropy of the class weights
         (component ``k`` for class ``k``) against one-hot labels passed as ``c``.
@@ -117,6 +119,8 @@ class DirichletVAE(TrainingModule):
         k = self.n_components
         if encoder is None:
             self.encoder = make_encoder(n_features, 2 * k, hidden_layer_sizes)
+        elif isinstance(encoder, nn.Module):
+            self.encoder = copy.deepcopy(encoder)
         else:
             self.encoder = encoder(n_features, 2 * k)
         # Topics: logits of K pure components, mixed linearly in logit space (no bias).
