@@ -354,3 +354,19 @@ EXPECTED_FAILED_CHECKS = {
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fit_then_cpu_pickle(tmp_path):
+    import joblib
+
+    X, _ = make_vmf_mixture(300, random_state=0)
+    flow = ManifoldFreeFormFlow(prior="vmf_mixture", max_epochs=2, device="cuda",
+                                **FAST).fit(X)
+    S = flow.sample(100, random_state=0)
+    np.testing.assert_allclose(np.linalg.norm(S, axis=1), 1.0, atol=1e-12)
+    lp = flow.score_samples(X[:10])
+    joblib.dump(flow, tmp_path / "flow.joblib")
+    loaded = joblib.load(tmp_path / "flow.joblib")
+    np.testing.assert_allclose(loaded.score_samples(X[:10]), lp, atol=1e-4)
