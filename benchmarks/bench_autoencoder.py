@@ -22,6 +22,7 @@ Run from the repository root::
     OMP_NUM_THREADS=1 python benchmarks/bench_autoencoder.py            # a few minutes
     OMP_NUM_THREADS=1 python benchmarks/bench_autoencoder.py --full     # longer fits
     OMP_NUM_THREADS=1 python benchmarks/bench_autoencoder.py --only steps
+    OMP_NUM_THREADS=1 python benchmarks/bench_autoencoder.py --only conv     # conv nets, MNIST
 """
 
 from __future__ import annotations
@@ -247,18 +248,94 @@ def bench_digits(full: bool) -> None:
 
 
 # --------------------------------------------------------------------------------------
+# 3. MNIST with convolutional networks (opt-in: slow on a CPU)
+# --------------------------------------------------------------------------------------
+
+
+class ConvEncoder(torch.nn.Module):
+    """28x28 image (flattened) -> latent, two strided convolutions and a linear layer."""
+
+    def __init__(self, n_in: int, n_out: int, n_conditions: int = 0) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Unflatten(-1, (1, 28, 28)),
+            torch.nn.Conv2d(1, 32, 4, stride=2, padding=1),
+            torch.nn.SiLU(),
+            torch.nn.Conv2d(32, 64, 4, stride=2, padding=1),
+            torch.nn.SiLU(),
+            torch.nn.Flatten(-3),
+            torch.nn.Linear(64 * 7 * 7, 256),
+            torch.nn.SiLU(),
+            torch.nn.Linear(256, n_out),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ConvDecoder(torch.nn.Module):
+    """Latent -> 28x28 image (flattened), mirror of :class:`ConvEncoder`."""
+
+    def __init__(self, n_in: int, n_out: int, n_conditions: int = 0) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(n_in, 256),
+            torch.nn.SiLU(),
+            torch.nn.Linear(256, 64 * 7 * 7),
+            torch.nn.SiLU(),
+            torch.nn.Unflatten(-1, (64, 7, 7)),
+            torch.nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1),
+            torch.nn.SiLU(),
+            torch.nn.ConvTranspose2d(32, 1, 4, stride=2, padding=1),
+            torch.nn.Flatten(-3),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+def bench_conv(full: bool) -> None:
+    X = _load("mnist")
+    if X is None:
+        return
+    k, epochs = 16, (100 if full else 10)
+    X_train, X_test = train_test_split(X, test_size=0.2, random_state=0)
+    print(f"\n== mnist, convolutional encoder/decoder, n_components={k}, <= {epochs} epochs ==")
+    print(f"{'model':>16} {'fit s':>7} {'test MSE/pixel':>15} {'C2ST logreg':>12} "
+          f"{'C2ST 1-NN':>10}")
+    common = {"encoder": ConvEncoder, "decoder": ConvDecoder, "max_epochs": epochs,
+              "scaling": "global", "random_state": 0}
+    models = {
+        "conv plain AE": PlainAutoencoder(k, **common),
+        "conv MLAE b=1": MLAutoencoder(k, beta=1.0, **common),
+    }
+    for label, model in models.items():
+        t0 = time.perf_counter()
+        model.fit(X_train)
+        fit_s = time.perf_counter() - t0
+        mse = float(np.mean((model.inverse_transform(model.transform(X_test)) - X_test) ** 2))
+        lr_acc, nn_acc = c2st(model.sample(len(X_test), random_state=1), X_test)
+        print(f"{label:>16} {fit_s:>7.1f} {mse:>15.5f} {lr_acc:>12.3f} {nn_acc:>10.3f}",
+              flush=True)
+
+
+# --------------------------------------------------------------------------------------
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--full", action="store_true", help="more repeats and longer fits")
-    parser.add_argument("--only", choices=["steps", "digits"], default=None)
+    parser.add_argument("--only", choices=["steps", "digits", "conv"], default=None)
+    parser.add_argument("--conv", action="store_true",
+                        help="also train convolutional networks on MNIST (slow on a CPU)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.only in (None, "steps"):
         bench_steps(args.full)
     if args.only in (None, "digits"):
         bench_digits(args.full)
+    if args.only == "conv" or (args.only is None and args.conv):
+        bench_conv(args.full)
 
 
 if __name__ == "__main__":
