@@ -10,6 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GridSearchCV
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skfff._torch.dirichlet_vae import DirichletVAE
@@ -310,6 +311,30 @@ def test_reproducible_and_pickles(fitted, tmp_path):
     a = DirichletLatentClassifier(max_epochs=3, random_state=3, device="cpu").fit(X2, y2)
     b = DirichletLatentClassifier(max_epochs=3, random_state=3, device="cpu").fit(X2, y2)
     np.testing.assert_allclose(a.transform(X2), b.transform(X2))
+
+
+def test_grid_search_on_auc():
+    X, y = make_jet_images(300, 0.5, 8, random_state=9)
+    search = GridSearchCV(
+        DirichletLatentClassifier(max_epochs=3, random_state=0, device="cpu"),
+        {"alpha": [0.5, 0.9]},
+        scoring="roc_auc",
+        cv=2,
+    ).fit(X, y)
+    assert search.best_params_["alpha"] in (0.5, 0.9)
+    assert 0.0 <= search.best_score_ <= 1.0
+
+
+@pytest.mark.cuda
+def test_cuda_fit_and_cpu_copy():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    X, y = make_jet_images(300, 0.5, 8, random_state=10)
+    clf = DirichletLatentClassifier(max_epochs=3, random_state=0, device="cuda").fit(X, y)
+    p = clf.predict_proba(X)
+    assert np.all(np.isfinite(p))
+    again = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_allclose(again.predict_proba(X), p, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------ bad input
