@@ -266,6 +266,12 @@ def test_anomaly_scores(fitted):
     elbo = clf.score_samples(X)
     assert elbo.shape == (len(X),) and np.all(np.isfinite(elbo))
     np.testing.assert_array_equal(elbo, clf.score_samples(X))  # fixed draws
+    # The validation loss monitored during training is the negative ELBO (held-out rows).
+    valid_nelbo = clf.history_[-1, "valid_loss"]
+    assert abs(-elbo.mean() - valid_nelbo) < 0.05 * abs(valid_nelbo)
+    np.testing.assert_allclose(
+        clf.history_[-1, "valid_recon"] + clf.history_[-1, "valid_kl"], valid_nelbo, rtol=1e-5
+    )
     err = clf.reconstruction_error(X)
     # The cross-entropy is at least the entropy of each normalised row.
     entropy = -(X * np.log(np.where(X > 0, X, 1.0))).sum(1)
@@ -286,6 +292,24 @@ def test_unsupervised_fit_without_labels_and_supervised_mode():
     np.testing.assert_array_equal(sup.component_classes_[:2], [0, 1])
     assert sup.predict_proba(X).shape == (400, 2)
     assert sup.score(X, y) > 0.9
+
+
+def test_kl_warmup_ramps_the_kl_weight():
+    from skfff.dirichlet import _KLWarmup
+
+    class _Net:
+        module_ = DirichletVAE(4, 2)
+        history: list = []
+
+    net, cb = _Net(), _KLWarmup(4)
+    scales = []
+    for epoch in range(6):
+        net.history = [None] * (epoch + 1)
+        cb.on_epoch_begin(net)
+        scales.append(net.module_.kl_scale)
+    assert scales == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    cb.on_train_end(net)
+    assert net.module_.kl_scale == 1.0
 
 
 def test_custom_encoder():
