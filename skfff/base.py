@@ -32,7 +32,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 from skorch import NeuralNet
 from skorch.callbacks import Callback, EarlyStopping, GradientNormClipping, LRScheduler
-from skorch.dataset import ValidSplit
+from skorch.dataset import Dataset, ValidSplit
 from skorch.utils import to_tensor
 
 from ._torch.module import TrainingModule
@@ -66,6 +66,23 @@ class _NoCriterion(torch.nn.Module):
 
     def forward(self, *args: Any) -> torch.Tensor:  # pragma: no cover - never called
         raise RuntimeError("skfff nets compute their loss in the module")
+
+
+class _ArrayDataset(Dataset):
+    """skorch dataset of a dict of arrays that hands out whole batches at once.
+
+    ``__getitems__`` (used by torch's DataLoader for batched fetching) slices every array
+    with the batch's indices instead of indexing and collating row by row.
+    """
+
+    def __getitems__(self, indices: list[int]) -> tuple[dict[str, torch.Tensor], None]:
+        idx = np.asarray(indices)
+        return {k: torch.from_numpy(v[idx]) for k, v in self.X.items()}, None
+
+
+def _batch_collate(batch: Any) -> Any:
+    """Batches from :class:`_ArrayDataset` are already collated."""
+    return batch
 
 
 class _SurrogateNet(NeuralNet):
@@ -160,8 +177,10 @@ class BaseTorchEstimator(BaseEstimator):
         Weight decay passed to the optimiser.
     optimizer : {"adam", "adamw", "sgd", "rmsprop"} or torch optimiser class
         Optimiser.
-    lr_schedule : {"cosine", "constant"}
-        ``"cosine"`` anneals the learning rate to 1 % of ``lr`` over ``max_epochs``.
+    lr_schedule : {"plateau", "cosine", "constant"}
+        ``"plateau"`` halves the learning rate when the validation loss (the training loss
+        without validation) has not improved for ``max(patience // 3, 1)`` epochs;
+        ``"cosine"`` anneals it to 1 % of ``lr`` over ``max_epochs``.
     max_grad_norm : float or None
         Gradient-norm clipping threshold.
     device : "auto", str or torch.device
@@ -190,7 +209,7 @@ class BaseTorchEstimator(BaseEstimator):
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
         "optimizer": [StrOptions(set(_OPTIMIZERS)), type],
-        "lr_schedule": [StrOptions({"cosine", "constant"})],
+        "lr_schedule": [StrOptions({"plateau", "cosine", "constant"})],
         "max_grad_norm": [Interval(numbers.Real, 0, None, closed="neither"), None],
         "device": [str, torch.device],
         "callbacks": [list, None],
@@ -285,7 +304,20 @@ class BaseTorchEstimator(BaseEstimator):
         cbs: list[tuple[str, Callback]] = [("epoch_metrics", _EpochMetrics())]
         if self.max_grad_norm is not None:
             cbs.append(("clip", GradientNormClipping(gradient_clip_value=self.max_grad_norm)))
-        if self.lr_schedule == "cosine":
+        if self.lr_schedule == "plateau":
+            cbs.append((
+                "lr_schedule",
+                LRScheduler(
+                    policy="ReduceLROnPlateau",
+                    monitor="valid_loss" if has_valid else "train_loss",
+                    factor=0.5,
+                    patience=max(self.patience // 3, 1),
+                    threshold=1e-3,
+                    threshold_mode="abs",
+                    min_lr=1e-3 * self.lr,
+                ),
+            ))
+        elif self.lr_schedule == "cosine":
             cbs.append((
                 "lr_schedule",
                 LRScheduler(
@@ -351,6 +383,9 @@ class BaseTorchEstimator(BaseEstimator):
                     max_epochs=self.max_epochs,
                     batch_size=min(self.batch_size, n - n_valid),
                     iterator_train__shuffle=True,
+                    iterator_train__collate_fn=_batch_collate,
+                    iterator_valid__collate_fn=_batch_collate,
+                    dataset=_ArrayDataset,
                     train_split=(
                         ValidSplit(cv=n_valid / n, stratified=False, random_state=seed)
                         if has_valid

@@ -60,7 +60,7 @@ def gaussian_flow():
     cov = np.array([[1.0, 0.8], [0.8, 1.0]]) * 4.0
     mean = np.array([1.0, -2.0])
     X = rng.multivariate_normal(mean, cov, size=2000)
-    flow = FreeFormFlow(max_epochs=60, hidden_features=32, n_blocks=2, random_state=0).fit(X)
+    flow = FreeFormFlow(max_epochs=150, hidden_features=32, n_blocks=2, random_state=0).fit(X)
     return flow, multivariate_normal(mean, cov), rng
 
 
@@ -71,7 +71,8 @@ def test_heldout_nll_close_to_gaussian_entropy(gaussian_flow):
     assert abs(nll - dist.entropy()) < 0.05
     # pointwise agreement with the true log-density in the bulk
     bulk = Xt[dist.logpdf(Xt) > dist.logpdf(dist.mean) - 2.0][:200]  # within ~2 sigma
-    np.testing.assert_allclose(flow.score_samples(bulk), dist.logpdf(bulk), atol=0.2)
+    err = np.abs(flow.score_samples(bulk) - dist.logpdf(bulk))
+    assert np.median(err) < 0.08 and err.max() < 0.4
 
 
 def test_density_integrates_to_one(gaussian_flow):
@@ -119,11 +120,12 @@ def test_samples_follow_the_density(gaussian_flow):
 
 def test_history_records_exact_validation_nll(gaussian_flow):
     flow, _, _ = gaussian_flow
-    valid = flow.history_[:, "valid_loss"]
+    valid = np.asarray(flow.history_[:, "valid_nll"])
+    rec = np.asarray(flow.history_[:, "valid_reconstruction"])
     assert len(valid) == flow.n_iter_
     assert np.all(np.isfinite(valid))
     assert valid[-1] < valid[0]
-    assert "valid_reconstruction" in flow.history_[-1]
+    np.testing.assert_allclose(flow.history_[:, "valid_loss"], valid + flow.beta * rec, rtol=1e-5)
 
 
 def test_conditional_continuous_follows_y():
@@ -131,7 +133,7 @@ def test_conditional_continuous_follows_y():
     rng = np.random.default_rng(0)
     y = rng.uniform(-1, 1, size=2000)
     X = (2 * y + 0.3 * rng.standard_normal(2000))[:, None]
-    flow = FreeFormFlow(conditional=True, max_epochs=60, hidden_features=32, random_state=0)
+    flow = FreeFormFlow(conditional=True, max_epochs=120, hidden_features=32, random_state=0)
     flow.fit(X, y)
     for y0 in (-0.5, 0.5):
         s = flow.sample(3000, y=[y0], random_state=0)
@@ -150,7 +152,7 @@ def test_conditional_categorical():
     rng = np.random.default_rng(1)
     y = rng.choice(["a", "b"], size=1500)
     X = np.where(y[:, None] == "a", -2.0, 2.0) + 0.5 * rng.standard_normal((1500, 2))
-    flow = FreeFormFlow(conditional=True, max_epochs=40, hidden_features=32, random_state=0)
+    flow = FreeFormFlow(conditional=True, max_epochs=80, hidden_features=32, random_state=0)
     flow.fit(X, y)
     assert list(flow.classes_) == ["a", "b"]
     assert flow.sample(1000, y=["a"], random_state=0).mean() == pytest.approx(-2, abs=0.2)
