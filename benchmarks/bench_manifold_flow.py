@@ -193,15 +193,23 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--full", action="store_true",
                         help="all four earth data sets, 3 seeds, longer training")
+    parser.add_argument("--cnf-steps", type=int, default=None,
+                        help="training steps of the CNF baseline (default 100, --full 2000)")
+    parser.add_argument("--only", choices=["known", "earth", "sampling"], default=None,
+                        help="run one section (sampling also fits the S^2 flow)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.full:
         names, earth_epochs, seeds, epochs, cnf_steps = list(EARTH), 1000, [0, 1, 2], 300, 2000
     else:
         names, earth_epochs, seeds, epochs, cnf_steps = ["volcano"], 200, [0], 80, 100
-    flow, dist, X = known_densities(epochs, seed=0)
-    earth(names, earth_epochs, seeds)
-    sampling(flow, dist, X, cnf_steps)
+    cnf_steps = args.cnf_steps or cnf_steps
+    if args.only in (None, "known", "sampling"):
+        flow, dist, X = known_densities(epochs, seed=0)
+    if args.only in (None, "earth"):
+        earth(names, earth_epochs, seeds)
+    if args.only in (None, "sampling"):
+        sampling(flow, dist, X, cnf_steps)
 
 
 if __name__ == "__main__":

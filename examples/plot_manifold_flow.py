@@ -23,10 +23,10 @@ from skfff import ManifoldFreeFormFlow
 from skfff.datasets import make_torus_wrapped_normal_mixture, make_vmf_mixture
 from skfff.manifolds import latlon_to_unit, unit_to_latlon
 
-X, _, dist = make_vmf_mixture(1500, n_components=4, concentration=15.0, random_state=2,
+X, _, dist = make_vmf_mixture(2000, n_components=4, concentration=15.0, random_state=8,
                               return_distribution=True)
 X_test, _ = dist.sample(2000, random_state=1)
-sphere_flow = ManifoldFreeFormFlow("sphere", max_epochs=50, lr=3e-3, hidden_features=64,
+sphere_flow = ManifoldFreeFormFlow("sphere", max_epochs=100, lr=3e-3, hidden_features=64,
                                    n_blocks=2, random_state=0).fit(X)
 print(f"S^2 held-out log-likelihood: model {sphere_flow.score(X_test):.3f}, "
       f"truth {dist.log_density(X_test).mean():.3f}, uniform {-np.log(4 * np.pi):.3f}")
@@ -58,10 +58,10 @@ for ax in axes:
 # in radians; the flow embeds them as (cos, sin) pairs and its densities are per
 # radian^2 (total volume (2 pi)^2). The mixture below has modes at positions reminiscent
 # of alpha helices and beta sheets, and it wraps around the edges of the square.
-A, _, tdist = make_torus_wrapped_normal_mixture(1500, n_components=3, scale=0.45,
+A, _, tdist = make_torus_wrapped_normal_mixture(2000, n_components=3, scale=0.45,
                                                 random_state=4, return_distribution=True)
 A_test, _ = tdist.sample(2000, random_state=1)
-torus_flow = ManifoldFreeFormFlow("torus", max_epochs=50, lr=3e-3, hidden_features=64,
+torus_flow = ManifoldFreeFormFlow("torus", max_epochs=100, lr=3e-3, hidden_features=64,
                                   n_blocks=2, random_state=0).fit(A)
 print(f"T^2 held-out log-likelihood: model {torus_flow.score(A_test):.3f}, "
       f"truth {tdist.log_density(A_test).mean():.3f}, uniform {-2 * np.log(2 * np.pi):.3f}")
