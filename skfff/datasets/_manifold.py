@@ -121,8 +121,11 @@ def make_vmf_mixture(n_samples: int = 1000, *, n_components: int = 4,
     Parameters
     ----------
     n_samples : int, default=1000
+        Number of points.
     n_components : int, default=4
+        Number of mixture components.
     concentration : float, default=20.0
+        Concentration ``kappa`` of every component (larger is tighter).
     random_state : int, RandomState instance or None
         Seeds both the mixture and the samples.
     return_distribution : bool, default=False
@@ -163,18 +166,25 @@ def make_torus_wrapped_normal_mixture(n_samples: int = 1000, *, n_components: in
     Parameters
     ----------
     n_samples : int, default=1000
+        Number of points.
     n_components : int, default=3
+        Number of mixture components.
     scale : float, default=0.4
+        Standard deviation (radians) of every component in every angle.
     n_dims : int, default=2
+        Number of angles.
     random_state : int, RandomState instance or None
+        Seeds both the mixture and the samples.
     return_distribution : bool, default=False
-        Also return the :class:`WrappedNormalMixtureDistribution`.
+        Also return the :class:`WrappedNormalMixtureDistribution`, whose
+        ``log_density`` gives the exact log-density w.r.t. ``d theta``.
 
     Returns
     -------
     X : ndarray of shape (n_samples, n_dims)
         Angles in radians, in ``[-pi, pi)``.
     y : ndarray of shape (n_samples,)
+        Component of each point.
     distribution : WrappedNormalMixtureDistribution
         Only when ``return_distribution=True``.
 
