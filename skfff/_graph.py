@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, effective_n_jobs
 from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components, dijkstra
 from scipy.special import logsumexp
@@ -428,20 +428,27 @@ def query_distances(
     k = Q1.nodes.shape[1]
     rows_per_block = int(max(1, min(len(Q1), max_block_entries // max(1, n_train * k))))
     n_blocks = -(-len(Q1) // rows_per_block)
+    n_workers = effective_n_jobs(n_jobs)
+    if n_workers > 1:  # enough blocks to keep every worker busy
+        n_blocks = max(n_blocks, min(len(Q1), 4 * n_workers))
     blocks = np.array_split(np.arange(len(Q1)), n_blocks)
-    results = Parallel(n_jobs=n_jobs)(
+    # A generator: each block is copied into the matrix as it arrives, so at most a few
+    # blocks live beside the full matrix.
+    results = Parallel(n_jobs=n_jobs, return_as="generator")(
         delayed(_block_distances)(
             graph, Q1.take(rows), rows, Q2, log_weight, n_quadrature, symmetric, return_paths
         )
         for rows in blocks
     )
     D = np.empty((len(Q1), len(Q2)), dtype=np.float64)
+    kept = []
     for res in results:
         D[res.rows] = res.distances
         res.distances = np.empty((0, 0))
+        kept.append(res)
     if symmetric:
         _symmetrise(D)
-    return D, results
+    return D, kept
 
 
 def _symmetrise(D: np.ndarray, tile: int = 2048) -> None:
