@@ -29,11 +29,13 @@ print(f"held-out log-likelihood: model {flow.score(X_test):.3f}, "
 grid = np.linspace(-6.5, 6.5, 150)
 pts = np.stack(np.meshgrid(grid, grid), -1).reshape(-1, 2)
 fig, axes = plt.subplots(1, 4, figsize=(16, 4))
-axes[0].imshow(np.exp(log_density(pts)).reshape(150, 150), origin="lower",
-               extent=(-6.5, 6.5, -6.5, 6.5), cmap="magma")
+true = np.exp(log_density(pts)).reshape(150, 150)
+model = np.exp(flow.score_samples(pts)).reshape(150, 150)
+style = {"origin": "lower", "extent": (-6.5, 6.5, -6.5, 6.5), "cmap": "magma",
+         "vmin": 0, "vmax": 1.2 * true.max()}
+axes[0].imshow(true, **style)
 axes[0].set_title("true density")
-axes[1].imshow(np.exp(flow.score_samples(pts)).reshape(150, 150), origin="lower",
-               extent=(-6.5, 6.5, -6.5, 6.5), cmap="magma")
+axes[1].imshow(model, **style)
 axes[1].set_title("FreeFormFlow density")
 S = flow.sample(2000, random_state=0)
 axes[2].scatter(S[:, 0], S[:, 1], s=2, alpha=0.5)

@@ -71,9 +71,12 @@ def demo(n_samples: int = 3000, output: str = "skfff_demo.png", seed: int = 0) -
         (f"GaussianMixture (k={gmm.n_components})", np.exp(gmm.score_samples(pts))),
     ]
     fig, axes = plt.subplots(1, 5, figsize=(20, 4.2))
+    # One colour scale for all panels, set by the true density: a model's rare narrow
+    # off-data spikes (where g is not quite f^-1) would otherwise wash the picture out.
+    vmax = 1.2 * panels[0][1].max()
     for ax, (title, dens) in zip(axes, panels, strict=False):
         ax.imshow(dens.reshape(200, 200), origin="lower", extent=(-6.5, 6.5, -6.5, 6.5),
-                  cmap="magma")
+                  cmap="magma", vmin=0, vmax=vmax)
         ax.set_title(title)
     samples = flow.sample(2000, random_state=seed)
     axes[4].scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.5)

@@ -124,7 +124,7 @@ class DirichletLatentClassifier(
         Class labels; ``arange(n_components)`` when fitted without ``y``.
     component_classes_ : ndarray of shape (n_components,)
         Index into ``classes_`` of the class each component stands for.
-    components_ : ndarray of shape (n_components, n_features_in_)
+    components_ : ndarray of shape (n_components, n_features)
         Decoded pure topics ``softmax(W e_k)`` (rows sum to one), like
         :class:`~sklearn.decomposition.LatentDirichletAllocation`'s normalised components.
     net_ : skorch.NeuralNet
@@ -137,7 +137,7 @@ class DirichletLatentClassifier(
         Epochs run.
     n_features_in_ : int
         Number of features seen during fit.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (n_features,)
         Names of features seen during fit, when ``X`` has string column names.
 
     See Also

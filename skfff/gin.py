@@ -137,21 +137,21 @@ class GINTransformer(
     ----------
     n_features_in_ : int
         Number of features seen in ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (n_features,)
         Names of the features, when ``X`` has string column names.
     classes_ : ndarray of shape (n_classes,) or None
         Labels of the auxiliary variable seen in ``fit`` (``None`` when fitted without ``y``).
     class_weights_ : ndarray of shape (n_classes,)
         Class frequencies in the training data (the weights of the mixture used when ``y`` is
         not given).
-    class_means_ : ndarray of shape (n_classes, n_features_in_)
+    class_means_ : ndarray of shape (n_classes, n_features)
         Latent mean of each class, columns in :meth:`transform` order.
-    class_variances_ : ndarray of shape (n_classes, n_features_in_)
+    class_variances_ : ndarray of shape (n_classes, n_features)
         Latent variance of each class, columns in :meth:`transform` order.
-    latent_std_ : ndarray of shape (n_features_in_,)
+    latent_std_ : ndarray of shape (n_features,)
         The spectrum: ``sqrt(mean over classes of the class variances)`` of each latent
         variable on the training data, in decreasing order.
-    latent_order_ : ndarray of shape (n_features_in_,)
+    latent_order_ : ndarray of shape (n_features,)
         Permutation from the flow's output to the sorted columns of :meth:`transform`.
     n_informative_ : int
         Number of informative latent variables (the first columns of :meth:`transform`).
@@ -378,11 +378,11 @@ class GINTransformer(
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features_in_)
+        X : array-like of shape (n_samples, n_features)
 
         Returns
         -------
-        Z : ndarray of shape (n_samples, n_features_in_)
+        Z : ndarray of shape (n_samples, n_features)
             The first ``n_informative_`` columns are the informative variables.
         """
         check_is_fitted(self, "net_")
@@ -397,11 +397,11 @@ class GINTransformer(
 
         Parameters
         ----------
-        Z : array-like of shape (n_samples, n_features_in_)
+        Z : array-like of shape (n_samples, n_features)
 
         Returns
         -------
-        X : ndarray of shape (n_samples, n_features_in_)
+        X : ndarray of shape (n_samples, n_features)
         """
         check_is_fitted(self, "net_")
         Z = check_array(Z, dtype=[np.float64, np.float32], input_name="Z")
@@ -443,7 +443,7 @@ class GINTransformer(
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features_in_)
+        X : array-like of shape (n_samples, n_features)
         y : array-like of shape (n_samples,) or None
             Class labels. Given: ``log p(x | y)``. ``None``: the class mixture
             ``log sum_k pi_k p(x | k)`` with the training class frequencies ``pi``.
@@ -467,7 +467,7 @@ class GINTransformer(
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features_in_)
+        X : array-like of shape (n_samples, n_features)
         y : array-like of shape (n_samples,) or None
 
         Returns
@@ -491,7 +491,7 @@ class GINTransformer(
 
         Returns
         -------
-        X : ndarray of shape (n_samples, n_features_in_)
+        X : ndarray of shape (n_samples, n_features)
         """
         check_is_fitted(self, "net_")
         if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
