@@ -202,7 +202,7 @@ def main():
     if args.full:
         names, earth_epochs, seeds, epochs, cnf_steps = list(EARTH), 1000, [0, 1, 2], 300, 2000
     else:
-        names, earth_epochs, seeds, epochs, cnf_steps = ["volcano"], 200, [0], 80, 100
+        names, earth_epochs, seeds, epochs, cnf_steps = ["volcano"], 600, [0], 80, 100
     cnf_steps = args.cnf_steps or cnf_steps
     if args.only in (None, "known", "sampling"):
         flow, dist, X = known_densities(epochs, seed=0)
