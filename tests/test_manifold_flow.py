@@ -198,6 +198,17 @@ def test_sphere_density_integrates_to_one_and_nll_near_truth(sphere_fit):
     assert nll - true_nll > -0.05  # not better than the truth (would mean mass leaks)
 
 
+def test_encoder_density_agrees_with_decoder_density(sphere_fit):
+    import copy
+
+    flow, dist = sphere_fit
+    enc = copy.copy(flow).set_params(log_prob_via="encoder")
+    X_test, _ = dist.sample(500, random_state=4)
+    diff = enc.score_samples(X_test) - flow.score_samples(X_test)
+    assert np.median(np.abs(diff)) < 0.1
+    assert abs(_mc_integral(enc, Sphere(2)) - 1.0) < 0.06
+
+
 def test_torus_density_integrates_to_one_and_nll_near_truth(torus_fit):
     flow, dist = torus_fit
     assert abs(_mc_integral(flow, Torus(2)) - 1.0) < 0.1

@@ -195,7 +195,7 @@ class ManifoldFreeFormFlowModule(TrainingModule):
     def __init__(self, encoder: torch.nn.Module, decoder: torch.nn.Module, manifold: Manifold,
                  prior: torch.nn.Module, beta: float, n_hutchinson: int = 1,
                  distance_weight: float = 1.0, cycle_weight: float = 1.0,
-                 uniform_weight: float = 0.0):
+                 uniform_weight: float = 0.0, log_prob_via: str = "decoder"):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
@@ -206,6 +206,9 @@ class ManifoldFreeFormFlowModule(TrainingModule):
         self.distance_weight = float(distance_weight)
         self.cycle_weight = float(cycle_weight)
         self.uniform_weight = float(uniform_weight)
+        if log_prob_via not in ("decoder", "encoder"):
+            raise ValueError(f"log_prob_via must be 'decoder' or 'encoder', got {log_prob_via!r}")
+        self.log_prob_via = log_prob_via
 
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """``f(x) = pi(f~(x, c))``."""
@@ -222,10 +225,13 @@ class ManifoldFreeFormFlowModule(TrainingModule):
         z = self.prior.sample(n_samples, generator, device=device, dtype=torch.float32)
         return self.decode(z, c)
 
-    def log_prob(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """Exact log-density w.r.t. the manifold's volume (decoder Jacobian at ``f(x)``)."""
+    def log_prob(self, x: torch.Tensor, c: torch.Tensor | None = None,
+                 via: str | None = None) -> torch.Tensor:
+        """Exact log-density w.r.t. the manifold's volume, through the decoder's Jacobian
+        at ``f(x)`` or the encoder's at ``x`` (``via``, default ``self.log_prob_via``)."""
         return manifold_log_prob(lambda u: self.encode(u, c), lambda u: self.decode(u, c),
-                                 self.manifold, self.prior.log_prob, x)
+                                 self.manifold, self.prior.log_prob, x,
+                                 via=via or self.log_prob_via)
 
     def training_loss(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         z, x_hat, surrogate = tangent_surrogate(
@@ -251,6 +257,10 @@ class ManifoldFreeFormFlowModule(TrainingModule):
                         ) -> dict[str, torch.Tensor]:
         z = self.encode(x, c)
         x_hat = self.decode(z, c)
-        log_p = self.prior.log_prob(z) - manifold_log_abs_det(
-            lambda u: self.decode(u, c), self.manifold, z, out=x_hat)
+        if self.log_prob_via == "decoder":
+            log_p = self.prior.log_prob(z) - manifold_log_abs_det(
+                lambda u: self.decode(u, c), self.manifold, z, out=x_hat)
+        else:
+            log_p = self.prior.log_prob(z) + manifold_log_abs_det(
+                lambda u: self.encode(u, c), self.manifold, x, out=z)
         return {"loss": -log_p.mean(), "reconstruction": (x - x_hat).pow(2).sum(-1).mean()}
