@@ -158,7 +158,7 @@ class ManifoldFreeFormFlow(
         Epochs run.
     n_features_in_ : int
         Number of input columns (9 for SO(3), whatever the input form).
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (n_features,)
         Names of features seen during fit, when ``X`` has string column names.
     classes_ : ndarray
         Class labels of ``y`` (categorical conditioning only).
@@ -451,7 +451,7 @@ class ManifoldFreeFormFlow(
 
         Returns
         -------
-        Z : ndarray of shape (n_samples, n_features_in_)
+        Z : ndarray of shape (n_samples, n_features)
         """
         E = self._embedded(X)
         C = self._conditions(y, E.shape[0])
@@ -462,7 +462,7 @@ class ManifoldFreeFormFlow(
 
         Returns
         -------
-        Z : ndarray of shape (n_samples, n_features_in_)
+        Z : ndarray of shape (n_samples, n_features)
         """
         self.fit(X, y, **fit_params)
         return self.transform(X, y if self.conditional is not False else None)
@@ -479,7 +479,7 @@ class ManifoldFreeFormFlow(
 
         Returns
         -------
-        X : ndarray of shape (n_samples, n_features_in_)
+        X : ndarray of shape (n_samples, n_features)
         """
         E = self._embedded(Z)
         C = self._conditions(y, E.shape[0])
@@ -500,7 +500,7 @@ class ManifoldFreeFormFlow(
 
         Returns
         -------
-        X : ndarray of shape (n_samples, n_features_in_)
+        X : ndarray of shape (n_samples, n_features)
             Points on the manifold (projected in float64), in the input convention.
         """
         check_is_fitted(self)
