@@ -135,16 +135,19 @@ def _step_times(dim: int, n_steps: int, batch: int = 256, hidden: int = 256) -> 
         logdet = torch.linalg.slogdet(jac.double())[1].float()
         return (rec - standard_normal_log_prob(z) - logdet).mean()
 
-    out = {}
-    for name, loss_fn in [("plain", plain), ("fff", fff), ("exact", exact)]:
-        for i in range(n_steps + 2):
-            if i == 2:
-                t = time.perf_counter()
+    # interleave the three kinds of step and keep the median of each, so that a burst of
+    # load on a shared machine does not land on one of them only
+    times: dict[str, list[float]] = {"plain": [], "fff": [], "exact": []}
+    fns = {"plain": plain, "fff": fff, "exact": exact}
+    for i in range(n_steps + 2):
+        for name, loss_fn in fns.items():
+            t = time.perf_counter()
             opt.zero_grad()
             loss_fn().backward()
             opt.step()
-        out[name] = (time.perf_counter() - t) / n_steps
-    return out
+            if i >= 2:
+                times[name].append(time.perf_counter() - t)
+    return {name: float(np.median(ts)) for name, ts in times.items()}
 
 
 def bench_step(quick: bool) -> None:
@@ -153,7 +156,7 @@ def bench_step(quick: bool) -> None:
     print(f"{'D':>5} {'plain AE ms':>12} {'FFF ms':>8} {'exact ms':>9} {'FFF/AE':>7} "
           f"{'exact/AE':>9}")
     for d in dims:
-        t = _step_times(d, n_steps=5 if d >= 128 else 10)
+        t = _step_times(d, n_steps=10 if d >= 128 else 30)
         print(f"{d:>5} {1e3 * t['plain']:>12.2f} {1e3 * t['fff']:>8.2f} {1e3 * t['exact']:>9.2f}"
               f" {t['fff'] / t['plain']:>7.2f} {t['exact'] / t['plain']:>9.2f}", flush=True)
 
