@@ -45,6 +45,7 @@ import torch
 from torch import nn
 from torch.func import jvp, vmap
 
+from .jacobian import MAX_ELEMENTS
 from .module import TrainingModule
 
 __all__ = [
@@ -61,8 +62,6 @@ BatchFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
-#: bound on the number of Jacobian entries held at once (64 MiB in float32)
-MAX_ELEMENTS = 2**24
 
 
 class MLAEOutput(NamedTuple):
