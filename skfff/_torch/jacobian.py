@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch.func import jacfwd, jacrev, vmap
 
-__all__ = ["batch_jacobian", "log_abs_det_jacobian", "half_log_det_jtj"]
+__all__ = ["batch_jacobian", "logabsdet", "log_abs_det_jacobian", "half_log_det_jtj"]
 
 BatchFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -86,6 +86,28 @@ def batch_jacobian(
     return torch.cat(parts, dim=0)
 
 
+def logabsdet(matrices: torch.Tensor) -> torch.Tensor:
+    """``log |det M|`` of a batch of square matrices, from a float64 QR decomposition.
+
+    Not ``torch.linalg.slogdet``: its batched LU (MKL on CPU, multi-threaded) returns wrong
+    values for matrices of size 200 and more on some machines (we measured errors of 0.9
+    nats at 256 x 256, with "SLASWP parameter 6" messages), while the QR route agrees with
+    per-matrix determinants to 1e-14. QR also degrades more gracefully near singularity.
+
+    Parameters
+    ----------
+    matrices : Tensor of shape (..., n, n)
+
+    Returns
+    -------
+    Tensor of shape (...)
+        In the dtype of ``matrices``.
+    """
+    mode = "reduced" if torch.is_grad_enabled() and matrices.requires_grad else "r"
+    r = torch.linalg.qr(matrices.double(), mode=mode)[1]
+    return torch.log(torch.diagonal(r, dim1=-2, dim2=-1).abs()).sum(-1).to(matrices.dtype)
+
+
 def log_abs_det_jacobian(
     fn: BatchFn,
     x: torch.Tensor,
@@ -95,7 +117,7 @@ def log_abs_det_jacobian(
 ) -> torch.Tensor:
     """``log |det J_fn(x)|`` per sample for a dimension-preserving ``fn``.
 
-    Computed exactly from the full Jacobian (``slogdet``), chunk by chunk.
+    Computed exactly from the full Jacobian (see :func:`logabsdet`), chunk by chunk.
 
     Returns
     -------
@@ -107,7 +129,7 @@ def log_abs_det_jacobian(
         jac = batch_jacobian(
             fn, x[s], None if c is None else c[s], mode="forward", max_elements=None
         )
-        out.append(torch.linalg.slogdet(jac)[1])
+        out.append(logabsdet(jac))
     return torch.cat(out, dim=0)
 
 

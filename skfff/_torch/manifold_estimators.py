@@ -15,6 +15,7 @@ import torch
 from torch.func import jvp, vjp, vmap
 
 from ..manifolds.base import Manifold
+from .jacobian import logabsdet
 from .module import TrainingModule
 
 __all__ = [
@@ -133,7 +134,7 @@ def manifold_log_abs_det(fn: BatchMap, manifold_in: Manifold, z: torch.Tensor,
     q = manifold_in.tangent_basis(z)
     r = manifold_out.tangent_basis(out)
     jq = _jacobian_on_basis(fn, z, q)
-    return torch.linalg.slogdet(r.transpose(-1, -2) @ jq).logabsdet
+    return logabsdet(r.transpose(-1, -2) @ jq)
 
 
 def manifold_log_prob(encode: BatchMap, decode: BatchMap, manifold: Manifold,
