@@ -12,10 +12,10 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted
 
+from ._conditioning import ConditionalMixin
 from ._torch.manifold_estimators import ManifoldFreeFormFlowModule
 from ._torch.networks import make_network
 from .base import BaseTorchEstimator
-from .flow import FreeFormFlow
 from .manifolds import (
     Manifold,
     SpecialOrthogonal,
@@ -31,7 +31,11 @@ _MANIFOLD_NAMES = {"sphere", "torus", "so3"}
 
 
 class ManifoldFreeFormFlow(
-    ClassNamePrefixFeaturesOutMixin, TransformerMixin, DensityMixin, BaseTorchEstimator
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    DensityMixin,
+    ConditionalMixin,
+    BaseTorchEstimator,
 ):
     """Free-form flow on a Riemannian manifold: sphere, torus, SO(3) or a product.
 
@@ -284,10 +288,6 @@ class ManifoldFreeFormFlow(
         self.random_state = random_state
         self.verbose = verbose
         self.warm_start = warm_start
-
-    # conditioning works exactly as in FreeFormFlow
-    _fit_conditions = FreeFormFlow._fit_conditions
-    _conditions = FreeFormFlow._conditions
 
     # --------------------------------------------------------------- manifold
     def _resolve_manifold(self, n_features: int) -> Manifold:
