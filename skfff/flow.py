@@ -52,6 +52,12 @@ class FreeFormFlow(
         Weight of the reconstruction loss, which keeps ``g`` close to ``f^-1``.
     n_hutchinson : int, default=1
         Hutchinson probe vectors per sample (1 is the reference default).
+    off_data_weight : float, default=0.1
+        Weight, relative to ``beta``, of an extra reconstruction loss on points
+        ``x + N(0, I)`` (in standardised units) around the data. The exact density uses
+        ``g``'s Jacobian at ``f(x)``, which is only right where ``g`` inverts ``f``; nothing
+        else constrains them off the data, and thin spurious ridges of density formed there.
+        0 gives the paper's loss.
     encoder, decoder : torch.nn.Module, callable or None, default=None
         Custom networks. A module instance is deep-copied at each fit; a callable is
         called as ``factory(n_features, n_features, n_conditions)``. Modules whose
@@ -137,7 +143,12 @@ class FreeFormFlow(
     Gaussian mixture and 0.73 for a CV kernel density). A learning rate of 2e-3 was worse
     (2-D gap 0.20); halving the rate on plateaus stopped too early (2-D gap 0.37); width
     256 did not help in 8-D. Cosine annealing over 300 epochs with early stopping
-    (patience 50) on the exact validation NLL was the best schedule tried.
+    (patience 50) on the exact validation NLL was the best schedule tried. The off-data
+    reconstruction (``off_data_weight=0.1``, unit noise) took the 2-D gap from 0.066 / 0.158
+    to 0.058 / 0.073 (seeds 0 / 1), the grid integral of the density from 1.009 to 1.002 and
+    removed the spurious density ridge (peak 0.12 against a true 0.08), at equal 8-D gap
+    (0.495 against 0.492); weight 1 hurt the 2-D gap (0.113) and noise scale 2 the 8-D gap
+    (0.552).
 
     References
     ----------
@@ -162,6 +173,7 @@ class FreeFormFlow(
         "n_blocks": [Interval(numbers.Integral, 0, None, closed="left")],
         "beta": [Interval(numbers.Real, 0, None, closed="neither")],
         "n_hutchinson": [Interval(numbers.Integral, 1, None, closed="left")],
+        "off_data_weight": [Interval(numbers.Real, 0, None, closed="left")],
         "encoder": [torch.nn.Module, callable, None],
         "decoder": [torch.nn.Module, callable, None],
         "conditional": ["boolean", StrOptions({"categorical", "continuous"})],
@@ -174,6 +186,7 @@ class FreeFormFlow(
         n_blocks: int = 3,
         beta: float = 100.0,
         n_hutchinson: int = 1,
+        off_data_weight: float = 0.1,
         encoder: Any = None,
         decoder: Any = None,
         conditional: bool | str = False,
@@ -197,6 +210,7 @@ class FreeFormFlow(
         self.n_blocks = n_blocks
         self.beta = beta
         self.n_hutchinson = n_hutchinson
+        self.off_data_weight = off_data_weight
         self.encoder = encoder
         self.decoder = decoder
         self.conditional = conditional
@@ -221,7 +235,9 @@ class FreeFormFlow(
         kw = {"hidden_features": self.hidden_features, "n_blocks": self.n_blocks, "skip": True}
         enc = make_network(self.encoder, n_features, n_features, n_conditions, **kw)
         dec = make_network(self.decoder, n_features, n_features, n_conditions, **kw)
-        return FreeFormFlowModule(enc, dec, self.beta, self.n_hutchinson)
+        return FreeFormFlowModule(
+            enc, dec, self.beta, self.n_hutchinson, off_data_weight=self.off_data_weight
+        )
 
     # -------------------------------------------------------------- sklearn
     def fit(self, X: Any, y: Any = None) -> FreeFormFlow:

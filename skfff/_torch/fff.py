@@ -32,14 +32,24 @@ class FreeFormFlowModule(TrainingModule):
         Weight of the reconstruction term.
     n_hutchinson : int
         Hutchinson probes per sample.
+    off_data_weight : float, default=0.0
+        Weight, relative to ``beta``, of the reconstruction of ``x + N(0, I)``.
     """
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, beta: float, n_hutchinson: int):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        beta: float,
+        n_hutchinson: int,
+        off_data_weight: float = 0.0,
+    ):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.beta = float(beta)
         self.n_hutchinson = int(n_hutchinson)
+        self.off_data_weight = float(off_data_weight)
 
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         return self.encoder(x, c)
@@ -51,7 +61,14 @@ class FreeFormFlowModule(TrainingModule):
         out = fff_surrogate(self.encoder, self.decoder, x, c, n_probes=self.n_hutchinson)
         reconstruction = (x - out.x_hat).pow(2).sum(-1)
         nll_surrogate = -standard_normal_log_prob(out.z) - out.surrogate
-        return (self.beta * reconstruction + nll_surrogate).mean()
+        loss = (self.beta * reconstruction + nll_surrogate).mean()
+        if self.off_data_weight > 0:
+            # Keep g close to f^-1 around the data too (points x + N(0, I)), where nothing
+            # else constrains it: spurious density ridges form there otherwise.
+            x_off = x + torch.randn_like(x)
+            off = (x_off - self.decoder(self.encoder(x_off, c), c)).pow(2).sum(-1).mean()
+            loss = loss + self.off_data_weight * self.beta * off
+        return loss
 
     def log_prob(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """Exact log-density through the decoder's Jacobian at ``f(x)``."""
