@@ -24,6 +24,36 @@ class ConditionalMixin:
 
     conditional: bool | str
 
+    def _y_if_conditional(self, y: Any) -> Any:
+        """``y`` for a conditional estimator; ``None`` (y ignored) otherwise."""
+        return y if self.conditional is not False else None
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Mean log-likelihood of ``X`` (given ``y`` when conditional).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Points.
+        y : array-like, default=None
+            Conditions (required for a conditional estimator, ignored otherwise).
+
+        Returns
+        -------
+        float
+        """
+        return float(np.mean(self.score_samples(X, self._y_if_conditional(y))))
+
+    def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> np.ndarray:
+        """Fit, then encode ``X`` (with ``y`` as condition when conditional).
+
+        Returns
+        -------
+        Z : ndarray of shape (n_samples, n_features)
+        """
+        self.fit(X, y, **fit_params)
+        return self.transform(X, self._y_if_conditional(y))
+
     def _fit_conditions(self, y: Any, n_samples: int) -> np.ndarray | None:
         if self.conditional is False:
             return None

@@ -20,10 +20,10 @@ __all__ = ["FreeFormFlow"]
 
 
 class FreeFormFlow(
+    ConditionalMixin,
     ClassNamePrefixFeaturesOutMixin,
     TransformerMixin,
     DensityMixin,
-    ConditionalMixin,
     BaseTorchEstimator,
 ):
     """Free-form flow: a normalizing flow from any dimension-preserving network.
@@ -289,22 +289,6 @@ class FreeFormFlow(
         log_p = self._map_batches(self.module_.log_prob, Xs, C)
         return log_p - np.log(self.scale_).sum()
 
-    def score(self, X: Any, y: Any = None) -> float:
-        """Mean log-likelihood of ``X`` (given ``y`` when conditional).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Points.
-        y : array-like, default=None
-            Conditions (required for a conditional flow, ignored otherwise).
-
-        Returns
-        -------
-        float
-        """
-        return float(np.mean(self.score_samples(X, y if self.conditional is not False else None)))
-
     def transform(self, X: Any, y: Any = None) -> np.ndarray:
         """Encode ``X`` into the standard normal latent space.
 
@@ -322,16 +306,6 @@ class FreeFormFlow(
         Xs = self._standardise(X)
         C = self._conditions(y, Xs.shape[0])
         return self._map_batches(self.module_.encode, Xs, C)
-
-    def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> np.ndarray:
-        """Fit, then encode ``X`` (with ``y`` as condition when conditional).
-
-        Returns
-        -------
-        Z : ndarray of shape (n_samples, n_features)
-        """
-        self.fit(X, y, **fit_params)
-        return self.transform(X, y if self.conditional is not False else None)
 
     def inverse_transform(self, Z: Any, y: Any = None) -> np.ndarray:
         """Decode latent codes back to data space.

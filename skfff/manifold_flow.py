@@ -31,10 +31,10 @@ _MANIFOLD_NAMES = {"sphere", "torus", "so3"}
 
 
 class ManifoldFreeFormFlow(
+    ConditionalMixin,
     ClassNamePrefixFeaturesOutMixin,
     TransformerMixin,
     DensityMixin,
-    ConditionalMixin,
     BaseTorchEstimator,
 ):
     """Free-form flow on a Riemannian manifold: sphere, torus, SO(3) or a product.
@@ -423,22 +423,6 @@ class ManifoldFreeFormFlow(
         via = self.log_prob_via
         return self._map_batches(lambda x, c: self.module_.log_prob(x, c, via=via), E, C)
 
-    def score(self, X: Any, y: Any = None) -> float:
-        """Mean log-likelihood of ``X`` (given ``y`` when conditional).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_coordinates)
-            Points on the manifold.
-        y : array-like, default=None
-            Conditions (required for a conditional flow, ignored otherwise).
-
-        Returns
-        -------
-        float
-        """
-        return float(np.mean(self.score_samples(X, y if self.conditional is not False else None)))
-
     def transform(self, X: Any, y: Any = None) -> np.ndarray:
         """Encode ``X`` into latent points on the manifold (same convention as ``X``).
 
@@ -456,16 +440,6 @@ class ManifoldFreeFormFlow(
         E = self._embedded(X)
         C = self._conditions(y, E.shape[0])
         return self._to_output(self._map_batches(self.module_.encode, E, C))
-
-    def fit_transform(self, X: Any, y: Any = None, **fit_params: Any) -> np.ndarray:
-        """Fit, then encode ``X`` (with ``y`` as condition when conditional).
-
-        Returns
-        -------
-        Z : ndarray of shape (n_samples, n_features)
-        """
-        self.fit(X, y, **fit_params)
-        return self.transform(X, y if self.conditional is not False else None)
 
     def inverse_transform(self, Z: Any, y: Any = None) -> np.ndarray:
         """Decode latent points back onto the data manifold.
