@@ -43,8 +43,9 @@ from sklearn.preprocessing import StandardScaler
 from torch.func import jvp, vmap
 
 from skfff import MLAutoencoder
-from skfff._torch.mlae import MLAEModule, mlae_surrogate
+from skfff._torch.mlae import MLAEModule
 from skfff._torch.networks import ResidualMLP
+from skfff._torch.surrogates import orthonormal_probes, volume_change_surrogate
 
 MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist" / "mnist_5k.csv.gz"
 
@@ -67,7 +68,9 @@ def _plain_loss(enc, dec, x, beta=10.0):
 
 
 def _mlae_loss(enc, dec, x, beta=10.0):
-    out = mlae_surrogate(lambda a, c: enc(a), lambda a, c: dec(a), x)
+    out = volume_change_surrogate(
+        lambda a, c: enc(a), lambda a, c: dec(a), x, probes=orthonormal_probes
+    )
     nll = 0.5 * out.z.pow(2).sum(-1) - out.surrogate
     return (beta * (out.x_hat - x).pow(2).sum(-1) + nll).mean()
 

@@ -107,10 +107,10 @@ def bench_nll(quick: bool) -> None:
 
 def _step_times(dim: int, n_steps: int, batch: int = 256, hidden: int = 256) -> dict:
     """Seconds per training step of a plain AE, the FFF surrogate and exact log-det."""
-    from skfff._torch.estimators import fff_surrogate
     from skfff._torch.jacobian import batch_jacobian, logabsdet
     from skfff._torch.networks import ResidualMLP
     from skfff._torch.priors import standard_normal_log_prob
+    from skfff._torch.surrogates import volume_change_surrogate
 
     torch.manual_seed(0)
     enc = ResidualMLP(dim, dim, hidden, 2, zero_init=False)
@@ -122,7 +122,7 @@ def _step_times(dim: int, n_steps: int, batch: int = 256, hidden: int = 256) -> 
         return (x - dec(enc(x))).pow(2).sum(-1).mean()
 
     def fff():
-        out = fff_surrogate(enc, dec, x)
+        out = volume_change_surrogate(enc, dec, x)
         rec = (x - out.x_hat).pow(2).sum(-1)
         return (rec - standard_normal_log_prob(out.z) - out.surrogate).mean()
 

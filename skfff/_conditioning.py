@@ -9,7 +9,9 @@ from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_array
 
-__all__ = ["ConditionalMixin", "safe_scale"]
+from .base import fit_scaling
+
+__all__ = ["ConditionalMixin"]
 
 
 class ConditionalMixin:
@@ -78,8 +80,7 @@ class ConditionalMixin:
         else:
             y = check_array(y, ensure_2d=False, dtype=np.float64)
             y = y.reshape(len(y), -1)
-            self.y_mean_ = y.mean(axis=0)
-            self.y_scale_ = safe_scale(y.std(axis=0))
+            self.y_mean_, self.y_scale_ = fit_scaling(y, "standard")
         if len(y) != n_samples:
             raise ValueError(f"X has {n_samples} rows but y has {len(y)}")
         return self._conditions(y, n_samples)
@@ -113,9 +114,3 @@ class ConditionalMixin:
         if c.shape[0] != n_rows:
             raise ValueError(f"y has {c.shape[0]} rows, expected 1 or {n_rows}")
         return c
-
-
-def safe_scale(std: np.ndarray) -> np.ndarray:
-    """Standard deviations with zeros (constant columns) replaced by one."""
-    std = np.asarray(std, dtype=np.float64)
-    return np.where(std > 1e-12 * np.maximum(1.0, np.abs(std).max()), std, 1.0)

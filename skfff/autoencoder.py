@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from sklearn.base import ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_array, check_is_fitted
+from sklearn.utils.validation import check_is_fitted
 
 from ._torch.mlae import MLAEModule
 from ._torch.networks import ResidualMLP, make_network
@@ -67,37 +67,7 @@ class MLAutoencoder(
         (keeps the relative geometry; suited to images); ``None``: used as given. Outputs
         (``inverse_transform``, ``sample``, ``reconstruction_error``, ``score_samples``) are
         always in the units of ``X``.
-    lr : float, default=1e-3
-        Learning rate (Adam).
-    max_epochs : int, default=300
-        Maximum epochs; early stopping usually ends training sooner.
-    batch_size : int, default=256
-        Mini-batch size.
-    weight_decay : float, default=0.0
-        Weight decay.
-    optimizer : str or torch optimiser class, default="adam"
-        Optimiser.
-    lr_schedule : {"cosine", "constant"}, default="cosine"
-        Learning-rate schedule over ``max_epochs``.
-    max_grad_norm : float or None, default=10.0
-        Gradient clipping.
-    device : str or torch.device, default="auto"
-        ``"auto"`` uses CUDA when available.
-    callbacks : list of skorch callbacks, default=None
-        Extra skorch callbacks.
-    validation_fraction : float, default=0.1
-        Fraction of rows held out (at random) to monitor the exact validation criterion.
-    early_stopping : bool, default=True
-        Stop when the validation criterion stalls for ``patience`` epochs; keep the best
-        weights.
-    patience : int, default=30
-        Epochs without improvement before stopping.
-    random_state : int, RandomState instance or None, default=None
-        Seed for weights, batches, validation split and probes.
-    verbose : int, default=0
-        1 shows a progress bar, 2 also a per-epoch table.
-    warm_start : bool, default=False
-        Continue from the fitted weights on the next ``fit``.
+    %(training_parameters)s
 
     Attributes
     ----------
@@ -133,14 +103,11 @@ class MLAutoencoder(
     ``score_samples(X) - reconstruction_error(X) / (2 s2) - (D - d) / 2 log(2 pi s2)``;
     for a linear encoder and decoder at the optimum it equals probabilistic PCA's.
 
-    ``beta`` balances the manifold fit against the latent distribution. In
-    ``benchmarks/bench_autoencoder.py`` (digits and MNIST, ``scaling="global"``, 30 to 100
-    epochs) ``beta=10`` reconstructs like a plain autoencoder but its codes are still
-    wider than ``N(0, I)`` (covariance eigenvalues up to 2.7 on digits, 7 on MNIST) when
-    training stops, which hurts samples; ``beta=1`` gives codes closer to ``N(0, I)`` and
-    samples that a 1-nearest-neighbour two-sample test separates less well from data, at a
-    somewhat larger reconstruction error. Check ``np.cov(transform(X).T)`` against the
-    identity, and train longer or lower ``beta`` when it is far off.
+    ``beta`` balances the manifold fit against the latent distribution: lower values give
+    codes closer to ``N(0, I)`` (better samples) at a larger reconstruction error (see
+    ``benchmarks/bench_autoencoder.py`` and ``benchmarks/README.rst``). Check
+    ``np.cov(transform(X).T)`` against the identity, and train longer or lower ``beta``
+    when it is far off.
 
     References
     ----------
@@ -203,6 +170,13 @@ class MLAutoencoder(
         verbose: int = 0,
         warm_start: bool = False,
     ) -> None:
+        super().__init__(
+            lr=lr, max_epochs=max_epochs, batch_size=batch_size, weight_decay=weight_decay,
+            optimizer=optimizer, lr_schedule=lr_schedule, max_grad_norm=max_grad_norm,
+            device=device, callbacks=callbacks, validation_fraction=validation_fraction,
+            early_stopping=early_stopping, patience=patience, random_state=random_state,
+            verbose=verbose, warm_start=warm_start,
+        )
         self.n_components = n_components
         self.beta = beta
         self.hidden_features = hidden_features
@@ -211,63 +185,14 @@ class MLAutoencoder(
         self.encoder = encoder
         self.decoder = decoder
         self.scaling = scaling
-        self.lr = lr
-        self.max_epochs = max_epochs
-        self.batch_size = batch_size
-        self.weight_decay = weight_decay
-        self.optimizer = optimizer
-        self.lr_schedule = lr_schedule
-        self.max_grad_norm = max_grad_norm
-        self.device = device
-        self.callbacks = callbacks
-        self.validation_fraction = validation_fraction
-        self.early_stopping = early_stopping
-        self.patience = patience
-        self.random_state = random_state
-        self.verbose = verbose
-        self.warm_start = warm_start
 
-    # ------------------------------------------------------------------ model
-    def _network(self, spec: Any, n_in: int, n_out: int) -> torch.nn.Module:
-        if spec is None:
-            return ResidualMLP(
-                n_in, n_out, self.hidden_features, self.n_blocks, skip=False, zero_init=False
-            )
-        return make_network(
-            spec, n_in, n_out, 0, hidden_features=self.hidden_features,
-            n_blocks=self.n_blocks, skip=False,
-        )
-
-    def _build_module(self, n_features: int, n_conditions: int) -> MLAEModule:
-        d = self.n_components
-        encoder = self._network(self.encoder, n_features, d)
-        decoder = self._network(self.decoder, d, n_features)
-        return MLAEModule(encoder, decoder, self.beta, self.n_hutchinson)
-
-    # -------------------------------------------------------------- sklearn
-    def fit(self, X: Any, y: Any = None) -> MLAutoencoder:
-        """Fit the autoencoder to ``X``.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Training data.
-        y : None
-            Ignored; present so the estimator fits in a supervised pipeline.
-
-        Returns
-        -------
-        self : MLAutoencoder
-            The fitted estimator.
-        """
-        self._validate_params()
-        warm = self.warm_start and hasattr(self, "net_")
+    # ------------------------------------------------------------------ hooks
+    def _fit_inputs(self, X: Any, y: Any, *, warm: bool) -> tuple[np.ndarray, None]:
         X = self._validate_X(X, reset=not warm)
-        n_features = X.shape[1]
-        if self.n_components >= n_features:
+        if self.n_components >= X.shape[1]:
             raise ValueError(
                 f"n_components={self.n_components} must be smaller than the number of "
-                f"features, got {n_features} feature(s); for a full-dimensional density "
+                f"features, got {X.shape[1]} feature(s); for a full-dimensional density "
                 "use FreeFormFlow"
             )
         if self.n_hutchinson > self.n_components:
@@ -275,16 +200,22 @@ class MLAutoencoder(
                 f"n_hutchinson={self.n_hutchinson} must be at most "
                 f"n_components={self.n_components}"
             )
-        if not (warm and hasattr(self, "mean_")):
-            self.mean_, self.scale_ = _scaling(X, self.scaling)
-        self._train((X - self.mean_) / self.scale_)
-        return self
+        return self._fit_scaled(X, self.scaling, warm=warm), None
 
-    def _scaled(self, X: Any) -> np.ndarray:
-        check_is_fitted(self)
-        X = self._validate_X(X, reset=False)
-        return (X - self.mean_) / self.scale_
+    def _build_module(self, X: np.ndarray, C: None) -> MLAEModule:
+        D, d = X.shape[1], self.n_components
 
+        def network(spec: Any, n_in: int, n_out: int) -> torch.nn.Module:
+            return make_network(spec, n_in, n_out, default=lambda: ResidualMLP(
+                n_in, n_out, self.hidden_features, self.n_blocks, skip=False, zero_init=False
+            ))
+
+        return MLAEModule(
+            network(self.encoder, D, d), network(self.decoder, d, D), self.beta,
+            self.n_hutchinson,
+        )
+
+    # -------------------------------------------------------------- sklearn
     def transform(self, X: Any) -> np.ndarray:
         """Encode ``X``: latent codes ``f(x)``, standard normal under the model.
 
@@ -311,13 +242,7 @@ class MLAutoencoder(
         -------
         X : ndarray of shape (n_samples, n_features)
         """
-        check_is_fitted(self)
-        Z = check_array(Z, dtype=[np.float64, np.float32])
-        if Z.shape[1] != self.n_components:
-            raise ValueError(
-                f"Z has {Z.shape[1]} features, but {type(self).__name__} is expecting "
-                f"{self.n_components} features as input (n_components)"
-            )
+        Z = self._validate_latent(Z, self.n_components)
         return self._map_batches(self.module_.decode, Z) * self.scale_ + self.mean_
 
     def reconstruction_error(self, X: Any) -> np.ndarray:
@@ -397,8 +322,7 @@ class MLAutoencoder(
         X : ndarray of shape (n_samples, n_features)
         """
         check_is_fitted(self)
-        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        self._check_n_samples(n_samples)
         z = self._randn((n_samples, self.n_components), random_state)
         return self._map_batches(self.module_.decode, z) * self.scale_ + self.mean_
 
@@ -410,17 +334,3 @@ class MLAutoencoder(
         tags = super().__sklearn_tags__()
         tags.target_tags.required = False
         return tags
-
-
-def _scaling(X: np.ndarray, scaling: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and scale of the inner standardisation (constant columns keep scale 1)."""
-    n_features = X.shape[1]
-    if scaling is None:
-        return np.zeros(n_features), np.ones(n_features)
-    mean = X.mean(axis=0)
-    if scaling == "standard":
-        std = X.std(axis=0)
-        tiny = 1e-12 * max(1.0, float(np.abs(std).max()))
-        return mean, np.where(std > tiny, std, 1.0)
-    std = float(np.sqrt(((X - mean) ** 2).sum(axis=1).mean() / n_features))
-    return mean, np.full(n_features, std if std > 1e-12 else 1.0)

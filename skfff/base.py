@@ -10,14 +10,24 @@ log-likelihood for the flows). The fitted net is kept as ``net_`` and its histor
 sklearn's rules (``__init__`` stores parameters, ``clone`` works, ``check_estimator``
 passes).
 
-A subclass supplies one hook, :meth:`BaseTorchEstimator._build_module`, which returns a
-:class:`TrainingModule`: a ``torch.nn.Module`` with ``training_loss`` and
-``validation_loss`` methods.
+The base owns ``fit`` and the loop; a subclass fills small hooks that are handed the data,
+as in scikit-learn's ``mixture/_base.py``:
+
+- :meth:`BaseTorchEstimator._fit_inputs` validates ``X`` (and ``y``) and returns the
+  training arrays ``(X, C)``, ``C`` the conditions (or integer labels) or ``None``;
+- :meth:`BaseTorchEstimator._build_module` builds the method's :class:`TrainingModule` (a
+  ``torch.nn.Module`` with ``training_loss`` and ``validation_loss``) from those arrays;
+- :meth:`BaseTorchEstimator._after_fit` (optional) computes what is learnt after training.
+
+The shared training parameters live in :meth:`BaseTorchEstimator.__init__` (subclasses call
+``super().__init__(...)``) and are documented once: a class docstring holding the line
+``%(training_parameters)s`` gets their descriptions, with the subclass's own defaults.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import numbers
 import warnings
@@ -26,10 +36,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, _fit_context
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from skorch import NeuralNet
 from skorch.callbacks import Callback, EarlyStopping, GradientNormClipping, LRScheduler
 from skorch.dataset import Dataset, ValidSplit
@@ -37,7 +47,7 @@ from skorch.utils import to_tensor
 
 from ._torch.module import TrainingModule
 
-__all__ = ["BaseTorchEstimator", "TrainingModule", "resolve_device"]
+__all__ = ["BaseTorchEstimator", "TrainingModule", "fit_scaling", "resolve_device"]
 
 _OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -159,49 +169,164 @@ class _ProgressBar(Callback):
         self.bar_.close()
 
 
+#: The shared training parameters: (type, description). Defaults are read from each
+#: subclass's ``__init__`` when the descriptions are spliced into its docstring.
+_TRAINING_PARAMETERS: dict[str, tuple[str, str]] = {
+    "lr": ("float", "Learning rate of the optimiser."),
+    "max_epochs": (
+        "int",
+        "Maximum number of passes over the training data (the cosine schedule spans them).",
+    ),
+    "batch_size": ("int", "Mini-batch size (capped at the number of training rows)."),
+    "weight_decay": ("float", "Weight decay passed to the optimiser."),
+    "optimizer": (
+        '{"adam", "adamw", "sgd", "rmsprop"} or torch optimiser class',
+        "Optimiser.",
+    ),
+    "lr_schedule": (
+        '{"cosine", "plateau", "constant"}',
+        '``"cosine"`` anneals the learning rate to 1 % of ``lr`` over ``max_epochs``; '
+        '``"plateau"`` halves it when the validation loss (the training loss without '
+        "validation) has not improved for ``max(patience // 3, 1)`` epochs; "
+        '``"constant"`` keeps it.',
+    ),
+    "max_grad_norm": ("float or None", "Gradient-norm clipping threshold (None: no clipping)."),
+    "device": (
+        '"auto", str or torch.device',
+        '``"auto"`` trains on CUDA when available, else on the CPU.',
+    ),
+    "callbacks": (
+        "list of skorch callbacks or None",
+        "Extra skorch callbacks (copied at each fit).",
+    ),
+    "validation_fraction": (
+        "float",
+        "Fraction of the rows, drawn at random, held out to monitor the validation loss "
+        "(the method's honest criterion, e.g. the exact negative log-likelihood). 0 disables "
+        "validation.",
+    ),
+    "early_stopping": (
+        "bool",
+        "Stop when the validation loss has not improved for ``patience`` epochs and restore "
+        "the best weights. Needs ``validation_fraction > 0``.",
+    ),
+    "patience": ("int", "Epochs without improvement before early stopping."),
+    "random_state": (
+        "int, RandomState instance or None",
+        "Seeds weights, mini-batches, validation split and probe vectors.",
+    ),
+    "verbose": ("int", "0 silent, 1 a progress bar over epochs, 2 also skorch's per-epoch table."),
+    "warm_start": (
+        "bool",
+        "Continue training the fitted network on the next ``fit`` instead of starting anew.",
+    ),
+}
+
+_DOC_MARKER = "%(training_parameters)s"
+
+
+def _training_parameters_doc(cls: type, indent: str) -> str:
+    """numpydoc entries of the shared parameters, with ``cls``'s defaults."""
+    import textwrap
+
+    params = inspect.signature(cls.__init__).parameters
+    lines = []
+    for name, (kind, text) in _TRAINING_PARAMETERS.items():
+        default = params[name].default if name in params else None
+        lines.append(f"{indent}{name} : {kind}, default={default!r}")
+        lines += textwrap.wrap(
+            text, 92 - len(indent), initial_indent=indent + "    ",
+            subsequent_indent=indent + "    ",
+        )
+    return "\n".join(lines)
+
+
+def _splice_training_parameters(cls: type) -> None:
+    """Replace the marker line of ``cls.__doc__`` by the shared parameters' entries."""
+    doc = cls.__doc__
+    if doc and _DOC_MARKER in doc:
+        line = next(ln for ln in doc.splitlines() if _DOC_MARKER in ln)
+        indent = line[: len(line) - len(line.lstrip())]
+        cls.__doc__ = doc.replace(line, _training_parameters_doc(cls, indent))
+
+
+def fit_scaling(X: np.ndarray, kind: str | None = "standard") -> tuple[np.ndarray, np.ndarray]:
+    """Mean and scale of an inner standardisation ``(X - mean) / scale``.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+    kind : {"standard", "global"} or None, default="standard"
+        ``"standard"``: per-column mean and standard deviation; ``"global"``: per-column
+        mean and one common scale (the root mean squared deviation); ``None``: identity.
+        Constant columns keep scale 1.
+
+    Returns
+    -------
+    mean, scale : ndarray of shape (n_features,)
+    """
+    n_features = X.shape[1]
+    if kind is None:
+        return np.zeros(n_features), np.ones(n_features)
+    mean = X.mean(axis=0)
+    if kind == "standard":
+        std = X.std(axis=0)
+        tiny = 1e-12 * max(1.0, float(np.abs(std).max()))
+        return mean, np.where(std > tiny, std, 1.0)
+    std = float(np.sqrt(((X - mean) ** 2).sum(axis=1).mean() / n_features))
+    return mean, np.full(n_features, std if std > 1e-12 else 1.0)
+
+
 class BaseTorchEstimator(BaseEstimator):
     """Base class for the torch-backed estimators (not for direct use).
 
-    Subclasses list their own parameters and the shared training parameters below in an
-    explicit keyword-only ``__init__``, and implement :meth:`_build_module`.
+    Subclasses list their own parameters and the shared training parameters in an explicit
+    keyword-only ``__init__`` that calls ``super().__init__(...)`` with the shared ones, and
+    implement the hooks :meth:`_fit_inputs` and :meth:`_build_module`.
 
-    Shared parameters
-    -----------------
-    lr : float
-        Learning rate of the optimiser.
-    max_epochs : int
-        Maximum number of passes over the training data.
-    batch_size : int
-        Mini-batch size (capped at the number of training rows).
-    weight_decay : float
-        Weight decay passed to the optimiser.
-    optimizer : {"adam", "adamw", "sgd", "rmsprop"} or torch optimiser class
-        Optimiser.
-    lr_schedule : {"plateau", "cosine", "constant"}
-        ``"plateau"`` halves the learning rate when the validation loss (the training loss
-        without validation) has not improved for ``max(patience // 3, 1)`` epochs;
-        ``"cosine"`` anneals it to 1 % of ``lr`` over ``max_epochs``.
-    max_grad_norm : float or None
-        Gradient-norm clipping threshold.
-    device : "auto", str or torch.device
-        ``"auto"`` trains on CUDA when available, else on the CPU.
-    callbacks : list of skorch callbacks or None
-        Extra skorch callbacks (copied at each fit).
-    validation_fraction : float
-        Fraction of the rows, drawn at random, held out to monitor the validation loss
-        (the exact negative log-likelihood for the flows). 0 disables validation.
-    early_stopping : bool
-        Stop when the validation loss has not improved for ``patience`` epochs and restore
-        the best weights. Needs ``validation_fraction > 0``.
-    patience : int
-        Epochs without improvement before stopping.
-    random_state : int, RandomState instance or None
-        Seeds weights, mini-batches, validation split and probe vectors.
-    verbose : int
-        0 silent, 1 a progress bar over epochs, 2 also skorch's per-epoch table.
-    warm_start : bool
-        Continue training the fitted network on the next ``fit`` instead of starting anew.
+    Parameters
+    ----------
+    %(training_parameters)s
     """
+
+    def __init__(
+        self,
+        *,
+        lr: float = 1e-3,
+        max_epochs: int = 300,
+        batch_size: int = 256,
+        weight_decay: float = 0.0,
+        optimizer: Any = "adam",
+        lr_schedule: str = "cosine",
+        max_grad_norm: float | None = 10.0,
+        device: Any = "auto",
+        callbacks: list | None = None,
+        validation_fraction: float = 0.1,
+        early_stopping: bool = True,
+        patience: int = 30,
+        random_state: Any = None,
+        verbose: int = 0,
+        warm_start: bool = False,
+    ) -> None:
+        self.lr = lr
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.weight_decay = weight_decay
+        self.optimizer = optimizer
+        self.lr_schedule = lr_schedule
+        self.max_grad_norm = max_grad_norm
+        self.device = device
+        self.callbacks = callbacks
+        self.validation_fraction = validation_fraction
+        self.early_stopping = early_stopping
+        self.patience = patience
+        self.random_state = random_state
+        self.verbose = verbose
+        self.warm_start = warm_start
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _splice_training_parameters(cls)
 
     _parameter_constraints: dict = {
         "lr": [Interval(numbers.Real, 0, None, closed="neither")],
@@ -222,9 +347,47 @@ class BaseTorchEstimator(BaseEstimator):
     }
 
     # ------------------------------------------------------------------ hooks
-    def _build_module(self, n_features: int, n_conditions: int) -> TrainingModule:
-        """Return a fresh, untrained :class:`TrainingModule` (subclass hook)."""
+    def _fit_inputs(self, X: Any, y: Any, *, warm: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Validate the inputs of ``fit`` and return the training arrays ``(X, C)``.
+
+        ``C`` holds per-row conditions (float) or class labels (integer), or is ``None``.
+        ``warm`` is True when a warm start continues a fitted model (keep its
+        preprocessing then). Subclass hook.
+        """
         raise NotImplementedError
+
+    def _build_module(self, X: np.ndarray, C: np.ndarray | None) -> TrainingModule:
+        """Return a fresh, untrained :class:`TrainingModule` for the training arrays."""
+        raise NotImplementedError
+
+    def _after_fit(self, X: np.ndarray, C: np.ndarray | None, y: Any) -> None:
+        """Compute what is learnt after training (optional subclass hook)."""
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X: Any, y: Any = None) -> BaseTorchEstimator:
+        """Fit the model to ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data.
+        y : array-like of shape (n_samples,) or (n_samples, n_targets), default=None
+            Class labels or conditioning variable where the estimator uses them (see the
+            class docstring); ignored otherwise.
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        X, C = self._fit_inputs(X, y, warm=self._warm())
+        self._train(X, C)
+        self._after_fit(X, C, y)
+        return self
+
+    def _warm(self) -> bool:
+        """Whether this ``fit`` continues a fitted model (``warm_start``)."""
+        return bool(self.warm_start) and hasattr(self, "net_")
 
     # ------------------------------------------------------------ utilities
     @property
@@ -244,6 +407,33 @@ class BaseTorchEstimator(BaseEstimator):
         return validate_data(
             self, X, reset=reset, dtype=[np.float64, np.float32], **kwargs
         )
+
+    def _fit_scaled(self, X: np.ndarray, kind: str | None, *, warm: bool) -> np.ndarray:
+        """Fit the inner standardisation (``mean_``, ``scale_``; kept on warm starts), apply it."""
+        if not (warm and hasattr(self, "mean_")):
+            self.mean_, self.scale_ = fit_scaling(X, kind)
+        return (X - self.mean_) / self.scale_
+
+    def _scaled(self, X: Any) -> np.ndarray:
+        """Validate new rows and standardise them as in ``fit``."""
+        check_is_fitted(self)
+        return (self._validate_X(X, reset=False) - self.mean_) / self.scale_
+
+    def _validate_latent(self, Z: Any, width: int) -> np.ndarray:
+        """Validate latent codes for ``inverse_transform``: 2-D, finite, ``width`` columns."""
+        check_is_fitted(self)
+        Z = check_array(Z, dtype=[np.float64, np.float32], input_name="Z")
+        if Z.shape[1] != width:
+            raise ValueError(
+                f"Z has {Z.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{width} features as input"
+            )
+        return Z
+
+    @staticmethod
+    def _check_n_samples(n_samples: Any) -> None:
+        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
 
     def _seed(self, random_state: Any = None) -> int:
         rs = self.random_state if random_state is None else random_state
@@ -349,31 +539,31 @@ class BaseTorchEstimator(BaseEstimator):
         """Train the module on ``X`` (and conditions ``C``) with the shared loop.
 
         Sets ``net_``, ``history_`` and ``n_iter_``. With ``warm_start=True`` and a fitted
-        net of matching shape, training continues from the current weights.
+        net of matching shape, training continues from the current weights. ``C`` holds
+        float conditions or integer labels (kept as int64).
         """
         X = np.ascontiguousarray(X, dtype=np.float32)
         data: dict[str, np.ndarray] = {"x": X}
         n_conditions = 0
         if C is not None:
-            data["c"] = np.ascontiguousarray(C, dtype=np.float32)
-            n_conditions = data["c"].shape[1]
+            integer = np.issubdtype(np.asarray(C).dtype, np.integer)
+            data["c"] = np.ascontiguousarray(C, dtype=np.int64 if integer else np.float32)
+            n_conditions = 1 if data["c"].ndim == 1 else data["c"].shape[1]
         n = X.shape[0]
         n_valid = math.ceil(self.validation_fraction * n) if self.validation_fraction else 0
         has_valid = 0 < n_valid < n
         seed = self._seed()
         device = resolve_device(self.device)
-        fork_devices = [device.index or 0] if device.type == "cuda" else []
+        fork_devices = []
+        if device.type == "cuda":  # the generator of the device actually used
+            fork_devices = [torch.cuda.current_device() if device.index is None else device.index]
         with torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(seed)
-            warm = (
-                self.warm_start
-                and hasattr(self, "net_")
-                and getattr(self, "_train_shape", None) == (X.shape[1], n_conditions)
-            )
+            warm = self._warm() and self._train_shape == (X.shape[1], n_conditions)
             if warm:
                 net = self.net_
             else:
-                module = self._build_module(X.shape[1], n_conditions)
+                module = self._build_module(X, data.get("c"))
                 net = _SurrogateNet(
                     module=module,
                     criterion=_NoCriterion,
@@ -425,3 +615,6 @@ class BaseTorchEstimator(BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = False
         return tags
+
+
+_splice_training_parameters(BaseTorchEstimator)

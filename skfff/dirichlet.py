@@ -82,41 +82,14 @@ class DirichletLatentClassifier(
         Hidden widths of the default encoder (an MLP with SiLU activations).
     encoder : torch.nn.Module, callable or None, default=None
         Custom encoder: a module (deep-copied at each fit) or a factory
-        ``encoder(n_features, 2 * n_components) -> torch.nn.Module``. It receives ``sqrt(x)``
+        ``encoder(n_features, 2 * n_components, 0) -> torch.nn.Module`` (the signature of
+        every skfff network factory; one of two parameters also works). It receives ``sqrt(x)``
         of the normalised rows, standardised per feature, and returns the posterior mean and
         log-variance, concatenated (``2 * n_components`` numbers per row).
-    lr : float, default=1e-2
-        Learning rate.
-    max_epochs : int, default=100
-        Maximum number of epochs.
-    batch_size : int, default=128
-        Mini-batch size.
-    weight_decay : float, default=0.0
-        Weight decay.
-    optimizer : str or torch optimiser class, default="adam"
-        Optimiser.
-    lr_schedule : {"cosine", "constant"}, default="cosine"
-        Learning-rate schedule over ``max_epochs``.
-    max_grad_norm : float or None, default=10.0
-        Gradient clipping.
-    device : str or torch.device, default="auto"
-        ``"auto"`` uses CUDA when available.
-    callbacks : list of skorch callbacks, default=None
-        Extra skorch callbacks.
-    validation_fraction : float, default=0.1
-        Fraction of rows held out (at random) to monitor the negative ELBO.
-    early_stopping : bool, default=False
-        Stop when the validation negative ELBO stalls for ``patience`` epochs, keeping the best
-        weights. Off by default: with ``kl_weight < 1`` the unweighted ELBO can favour the
-        early, nearly collapsed latent space.
-    patience : int, default=20
-        Epochs without improvement before stopping.
-    random_state : int, RandomState instance or None, default=None
-        Seed for weights, batches, validation split and reparametrisation noise.
-    verbose : int, default=0
-        1 shows a progress bar, 2 also a per-epoch table.
-    warm_start : bool, default=False
-        Continue from the fitted weights on the next ``fit``.
+    %(training_parameters)s
+
+    Early stopping is off by default: with ``kl_weight < 1`` the unweighted validation
+    ELBO can favour the early, nearly collapsed latent space.
 
     Attributes
     ----------
@@ -155,13 +128,10 @@ class DirichletLatentClassifier(
     components.
 
     On data where one class dominates (90 %) and has large internal variation, the ELBO can
-    prefer to split the dominant class over isolating the rare one: on
-    :func:`~skfff.datasets.make_jet_images` with 10 % one-prong jets among three-prong ones,
-    two components give an AUC near 0.5. More components than classes help (the dominant
-    class spreads over several components and the rare one may get its own):
-    ``n_components=4, latent="gaussian_mixture"`` reached AUC 0.94-0.97 over three seeds on
-    16 x 16 images (2000 jets), but only 0.65-0.82 on 20 x 20 images (3000 jets), where LDA
-    reached 0.84. Check the learnt topics (``components_``) before trusting the classifier.
+    prefer to split the dominant class over isolating the rare one (two components then
+    classify no better than chance); more components than classes can help, see
+    ``benchmarks/bench_dirichlet.py``. Check the learnt topics (``components_``) before
+    trusting the classifier.
 
     References
     ----------
@@ -219,6 +189,13 @@ class DirichletLatentClassifier(
         verbose: int = 0,
         warm_start: bool = False,
     ) -> None:
+        super().__init__(
+            lr=lr, max_epochs=max_epochs, batch_size=batch_size, weight_decay=weight_decay,
+            optimizer=optimizer, lr_schedule=lr_schedule, max_grad_norm=max_grad_norm,
+            device=device, callbacks=callbacks, validation_fraction=validation_fraction,
+            early_stopping=early_stopping, patience=patience, random_state=random_state,
+            verbose=verbose, warm_start=warm_start,
+        )
         self.n_components = n_components
         self.alpha = alpha
         self.latent = latent
@@ -227,24 +204,38 @@ class DirichletLatentClassifier(
         self.supervised = supervised
         self.hidden_layer_sizes = hidden_layer_sizes
         self.encoder = encoder
-        self.lr = lr
-        self.max_epochs = max_epochs
-        self.batch_size = batch_size
-        self.weight_decay = weight_decay
-        self.optimizer = optimizer
-        self.lr_schedule = lr_schedule
-        self.max_grad_norm = max_grad_norm
-        self.device = device
-        self.callbacks = callbacks
-        self.validation_fraction = validation_fraction
-        self.early_stopping = early_stopping
-        self.patience = patience
-        self.random_state = random_state
-        self.verbose = verbose
-        self.warm_start = warm_start
 
-    # ------------------------------------------------------------------ model
-    def _build_module(self, n_features: int, n_conditions: int) -> DirichletVAE:
+    # ------------------------------------------------------------------ hooks
+    def _fit_inputs(self, X: Any, y: Any, *, warm: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        X = self._normalise(X, reset=not warm)
+        self.classes_, labels = self._labels(y, X.shape[0])
+        if self.supervised:
+            if labels is None:
+                raise ValueError("supervised=True needs the labels y in fit")
+            return X, np.eye(len(self.classes_), dtype=np.float32)[labels]
+        return X, None
+
+    def _labels(self, y: Any, n_rows: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Classes and integer labels of ``y`` (``arange(n_components)`` and None without)."""
+        if y is None:
+            return np.arange(self.n_components), None
+        y = column_or_1d(y, warn=True)
+        check_classification_targets(y)
+        if len(y) != n_rows:
+            raise ValueError(f"X has {n_rows} rows but y has {len(y)}")
+        classes, labels = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs samples of at least 2 classes in y; got 1 class"
+            )
+        if len(classes) > self.n_components:
+            raise ValueError(
+                f"y has {len(classes)} classes but n_components={self.n_components}; "
+                "use at least one component per class"
+            )
+        return classes, labels
+
+    def _build_module(self, X: np.ndarray, C: np.ndarray | None) -> DirichletVAE:
         alpha = np.asarray(self.alpha, dtype=np.float64).reshape(-1)
         if alpha.size not in (1, self.n_components) or not np.all(alpha > 0):
             raise ValueError(
@@ -252,18 +243,30 @@ class DirichletLatentClassifier(
                 f"got {self.alpha!r}"
             )
         module = DirichletVAE(
-            n_features,
+            X.shape[1],
             self.n_components,
             latent=self.latent,
             alpha=alpha.tolist() if alpha.size > 1 else float(alpha[0]),
             kl_weight=self.kl_weight,
             hidden_layer_sizes=tuple(int(h) for h in self.hidden_layer_sizes),
             encoder=self.encoder,
-            n_classes=n_conditions,
+            n_classes=0 if C is None else C.shape[1],
         )
-        if getattr(self, "_init_rows", None) is not None:
-            module.set_input_scaling(torch.as_tensor(self._init_rows, dtype=torch.float32))
+        module.set_input_scaling(torch.as_tensor(X, dtype=torch.float32))
         return module
+
+    def _after_fit(self, X: np.ndarray, C: np.ndarray | None, y: Any) -> None:
+        """Match components to classes; decode the pure topics."""
+        labels = self._labels(y, X.shape[0])[1]
+        if labels is None:
+            self.component_classes_ = np.arange(self.n_components)
+        else:
+            weights = self._map_batches(self.module_.mixture_weights, X)
+            self.component_classes_ = _match_components(
+                weights, labels, len(self.classes_), forced=self.supervised
+            )
+        with torch.no_grad():
+            self.components_ = self.module_.components().cpu().double().numpy()
 
     def _make_callbacks(self, n_train_rows: int, has_valid: bool) -> list:
         callbacks = super()._make_callbacks(n_train_rows, has_valid)
@@ -272,6 +275,8 @@ class DirichletLatentClassifier(
 
     def _normalise(self, X: Any, *, reset: bool) -> np.ndarray:
         """Validate ``X`` (finite, non-negative) and scale each row to unit sum."""
+        if not reset:
+            check_is_fitted(self)
         X = self._validate_X(X, reset=reset)
         check_non_negative(X, type(self).__name__)
         X = np.asarray(X, dtype=np.float64)
@@ -283,70 +288,11 @@ class DirichletLatentClassifier(
             totals[empty] = X.shape[1]
         return X / totals
 
+    def _map_rows(self, fn: Any, X: Any) -> np.ndarray:
+        """Normalise new rows and map them through a module method in batches."""
+        return self._map_batches(fn, self._normalise(X, reset=False))
+
     # -------------------------------------------------------------- sklearn
-    def fit(self, X: Any, y: Any = None) -> DirichletLatentClassifier:
-        """Fit the VAE to the rows of ``X``; with ``y``, name its components after classes.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Non-negative histograms or flattened images (rows normalised inside).
-        y : array-like of shape (n_samples,), default=None
-            Class labels. Without ``supervised`` they only match components to classes (on
-            the training rows); the VAE itself is trained without them.
-
-        Returns
-        -------
-        self : DirichletLatentClassifier
-            The fitted estimator.
-        """
-        self._validate_params()
-        warm = self.warm_start and hasattr(self, "net_")
-        X = self._normalise(X, reset=not warm)
-        labels = None
-        if y is not None:
-            y = column_or_1d(y, warn=True)
-            check_classification_targets(y)
-            if len(y) != X.shape[0]:
-                raise ValueError(f"X has {X.shape[0]} rows but y has {len(y)}")
-            classes, labels = np.unique(y, return_inverse=True)
-            if len(classes) < 2:
-                raise ValueError(
-                    f"{type(self).__name__} needs samples of at least 2 classes in y; got 1 class"
-                )
-            if len(classes) > self.n_components:
-                raise ValueError(
-                    f"y has {len(classes)} classes but n_components={self.n_components}; "
-                    "use at least one component per class"
-                )
-        elif self.supervised:
-            raise ValueError("supervised=True needs the labels y in fit")
-        C = None
-        if self.supervised:
-            C = np.eye(len(classes), dtype=np.float32)[labels]
-        self._init_rows = X
-        try:
-            self._train(X, C)
-        finally:
-            del self._init_rows
-        weights = self._map_batches(self.module_.mixture_weights, X)
-        if labels is None:
-            self.classes_ = np.arange(self.n_components)
-            self.component_classes_ = np.arange(self.n_components)
-        else:
-            self.classes_ = classes
-            self.component_classes_ = _match_components(
-                weights, labels, len(classes), forced=self.supervised
-            )
-        with torch.no_grad():
-            self.components_ = self.module_.components().cpu().double().numpy()
-        return self
-
-    def _log_weights(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
-        check_is_fitted(self)
-        Xn = self._normalise(X, reset=False)
-        return Xn, self._map_batches(self.module_.log_mixture_weights, Xn)
-
     def transform(self, X: Any) -> np.ndarray:
         """Latent mixture weights of each row.
 
@@ -361,7 +307,7 @@ class DirichletLatentClassifier(
             ``softmax(mean(x))`` (Dirichlet latent) or the component responsibilities
             (Gaussian-mixture latent); rows sum to one.
         """
-        log_w = self._log_weights(X)[1]
+        log_w = self._map_rows(self.module_.log_mixture_weights, X)
         return np.exp(log_w - logsumexp(log_w, axis=1, keepdims=True))
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
@@ -376,7 +322,7 @@ class DirichletLatentClassifier(
         -------
         log_proba : ndarray of shape (n_samples, n_classes)
         """
-        log_w = self._log_weights(X)[1]
+        log_w = self._map_rows(self.module_.log_mixture_weights, X)
         out = np.empty((log_w.shape[0], len(self.classes_)))
         for c in range(len(self.classes_)):
             out[:, c] = logsumexp(log_w[:, self.component_classes_ == c], axis=1)
@@ -446,7 +392,6 @@ class DirichletLatentClassifier(
         elbo : ndarray of shape (n_samples,)
             ``E_q[log p(x | z)] - KL(q(z | x) || p(z))`` per row.
         """
-        check_is_fitted(self)
         Xn = self._normalise(X, reset=False)
         eps = self._randn((Xn.shape[0], _ELBO_DRAWS, self.n_components), random_state=0)
         module = self.module_
@@ -465,9 +410,7 @@ class DirichletLatentClassifier(
         error : ndarray of shape (n_samples,)
             The classic autoencoder anomaly score (higher = less typical).
         """
-        check_is_fitted(self)
-        Xn = self._normalise(X, reset=False)
-        return self._map_batches(self.module_.reconstruction_error, Xn)
+        return self._map_rows(self.module_.reconstruction_error, X)
 
     @property
     def _n_features_out(self) -> int:

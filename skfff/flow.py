@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from sklearn.base import ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_array, check_is_fitted
+from sklearn.utils.validation import check_is_fitted
 
-from ._conditioning import ConditionalMixin, safe_scale
+from ._conditioning import ConditionalMixin
 from ._torch.fff import FreeFormFlowModule
-from ._torch.networks import make_network
+from ._torch.networks import ResidualMLP, make_network
 from .base import BaseTorchEstimator
 
 __all__ = ["FreeFormFlow"]
@@ -70,38 +70,7 @@ class FreeFormFlow(
         one-hot encoded, anything else is standardised). With ``False`` a ``y`` passed to
         ``fit`` is ignored, as :class:`~sklearn.decomposition.PCA` does, so the flow can
         sit inside a supervised :class:`~sklearn.pipeline.Pipeline`.
-    lr : float, default=1e-3
-        Learning rate (Adam).
-    max_epochs : int, default=300
-        Maximum epochs (the cosine schedule spans them).
-    batch_size : int, default=256
-        Mini-batch size.
-    weight_decay : float, default=0.0
-        Weight decay.
-    optimizer : str or torch optimiser class, default="adam"
-        Optimiser.
-    lr_schedule : {"cosine", "plateau", "constant"}, default="cosine"
-        Learning-rate schedule: ``"cosine"`` anneals the rate to 1 % of ``lr`` over
-        ``max_epochs``; ``"plateau"`` halves it when the validation NLL stalls.
-    max_grad_norm : float or None, default=10.0
-        Gradient clipping.
-    device : str or torch.device, default="auto"
-        ``"auto"`` uses CUDA when available.
-    callbacks : list of skorch callbacks, default=None
-        Extra skorch callbacks.
-    validation_fraction : float, default=0.1
-        Fraction of rows held out (at random) to monitor the exact validation NLL.
-    early_stopping : bool, default=True
-        Stop when the validation loss (exact NLL + ``beta`` x reconstruction error) stalls
-        for ``patience`` epochs; keep the best weights.
-    patience : int, default=50
-        Epochs without improvement before stopping.
-    random_state : int, RandomState instance or None, default=None
-        Seed for weights, batches, validation split and probes.
-    verbose : int, default=0
-        1 shows a progress bar, 2 also a per-epoch table.
-    warm_start : bool, default=False
-        Continue from the fitted weights on the next ``fit``.
+    %(training_parameters)s
 
     Attributes
     ----------
@@ -133,22 +102,12 @@ class FreeFormFlow(
 
     Notes
     -----
-    The defaults were picked from runs of ``benchmarks/bench_flow.py``-style fits on the
-    ring of eight Gaussians (2-D) and the 8-D nonlinear chain of
-    :mod:`skfff.datasets`, 3 000 training rows, held-out gap to the true entropy:
-    ``beta=20`` left a validation reconstruction error near 1e-2 and a 2-D gap of 0.10 nats
-    (the density then also integrates to 1.03 rather than 1, since ``g`` is not quite
-    ``f^-1``); ``beta=100`` brought both down (reconstruction 3e-4 to 6e-4, 2-D gap
-    0.06-0.07) at equal 8-D quality (gap 0.42-0.46 for every beta, against 0.66 for a BIC
-    Gaussian mixture and 0.73 for a CV kernel density). A learning rate of 2e-3 was worse
-    (2-D gap 0.20); halving the rate on plateaus stopped too early (2-D gap 0.37); width
-    256 did not help in 8-D. Cosine annealing over 300 epochs with early stopping
-    (patience 50) on the exact validation NLL was the best schedule tried. The off-data
-    reconstruction (``off_data_weight=0.1``, unit noise) took the 2-D gap from 0.066 / 0.158
-    to 0.058 / 0.073 (seeds 0 / 1), the grid integral of the density from 1.009 to 1.002 and
-    removed the spurious density ridge (peak 0.12 against a true 0.08), at equal 8-D gap
-    (0.495 against 0.492); weight 1 hurt the 2-D gap (0.113) and noise scale 2 the 8-D gap
-    (0.552).
+    The defaults (``beta=100``, width 128, 3 blocks, cosine schedule over 300 epochs, early
+    stopping with patience 50 on the exact validation NLL plus reconstruction,
+    ``off_data_weight=0.1``) were chosen on the 2-D ring and the 8-D nonlinear chain of
+    :mod:`skfff.datasets`; the runs behind them are in ``benchmarks/README.rst``
+    (``benchmarks/bench_flow.py``). Watch ``valid_reconstruction`` in ``history_``: when
+    ``g`` is far from ``f^-1`` the exact density is unreliable; raise ``beta`` then.
 
     References
     ----------
@@ -206,6 +165,13 @@ class FreeFormFlow(
         verbose: int = 0,
         warm_start: bool = False,
     ) -> None:
+        super().__init__(
+            lr=lr, max_epochs=max_epochs, batch_size=batch_size, weight_decay=weight_decay,
+            optimizer=optimizer, lr_schedule=lr_schedule, max_grad_norm=max_grad_norm,
+            device=device, callbacks=callbacks, validation_fraction=validation_fraction,
+            early_stopping=early_stopping, patience=patience, random_state=random_state,
+            verbose=verbose, warm_start=warm_start,
+        )
         self.hidden_features = hidden_features
         self.n_blocks = n_blocks
         self.beta = beta
@@ -214,61 +180,26 @@ class FreeFormFlow(
         self.encoder = encoder
         self.decoder = decoder
         self.conditional = conditional
-        self.lr = lr
-        self.max_epochs = max_epochs
-        self.batch_size = batch_size
-        self.weight_decay = weight_decay
-        self.optimizer = optimizer
-        self.lr_schedule = lr_schedule
-        self.max_grad_norm = max_grad_norm
-        self.device = device
-        self.callbacks = callbacks
-        self.validation_fraction = validation_fraction
-        self.early_stopping = early_stopping
-        self.patience = patience
-        self.random_state = random_state
-        self.verbose = verbose
-        self.warm_start = warm_start
 
-    # ------------------------------------------------------------------ model
-    def _build_module(self, n_features: int, n_conditions: int) -> FreeFormFlowModule:
-        kw = {"hidden_features": self.hidden_features, "n_blocks": self.n_blocks, "skip": True}
-        enc = make_network(self.encoder, n_features, n_features, n_conditions, **kw)
-        dec = make_network(self.decoder, n_features, n_features, n_conditions, **kw)
+    # ------------------------------------------------------------------ hooks
+    def _fit_inputs(self, X: Any, y: Any, *, warm: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        X = self._validate_X(X, reset=not warm)
+        C = self._fit_conditions(y, X.shape[0])
+        return self._fit_scaled(X, "standard", warm=warm), C
+
+    def _build_module(self, X: np.ndarray, C: np.ndarray | None) -> FreeFormFlowModule:
+        d, k = X.shape[1], 0 if C is None else C.shape[1]
+
+        def default() -> ResidualMLP:
+            return ResidualMLP(d, d, self.hidden_features, self.n_blocks, k, skip=True)
+
         return FreeFormFlowModule(
-            enc, dec, self.beta, self.n_hutchinson, off_data_weight=self.off_data_weight
+            make_network(self.encoder, d, d, k, default=default),
+            make_network(self.decoder, d, d, k, default=default),
+            self.beta, self.n_hutchinson, off_data_weight=self.off_data_weight,
         )
 
     # -------------------------------------------------------------- sklearn
-    def fit(self, X: Any, y: Any = None) -> FreeFormFlow:
-        """Fit the flow to ``X`` (or to ``p(X | y)`` when ``conditional`` is set).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Training data.
-        y : array-like of shape (n_samples,) or (n_samples, n_targets), default=None
-            Conditioning variable, used only when ``conditional`` is set.
-
-        Returns
-        -------
-        self : FreeFormFlow
-            The fitted estimator.
-        """
-        self._validate_params()
-        X = self._validate_X(X, reset=not (self.warm_start and hasattr(self, "net_")))
-        C = self._fit_conditions(y, X.shape[0])
-        if not (self.warm_start and hasattr(self, "mean_")):
-            self.mean_ = X.mean(axis=0)
-            self.scale_ = safe_scale(X.std(axis=0))
-        self._train((X - self.mean_) / self.scale_, C)
-        return self
-
-    def _standardise(self, X: Any) -> np.ndarray:
-        check_is_fitted(self)
-        X = self._validate_X(X, reset=False)
-        return (X - self.mean_) / self.scale_
-
     def score_samples(self, X: Any, y: Any = None) -> np.ndarray:
         """Exact log-density of each sample.
 
@@ -284,7 +215,7 @@ class FreeFormFlow(
         log_density : ndarray of shape (n_samples,)
             ``log p(x)`` (or ``log p(x | y)``) in the units of the original ``X``.
         """
-        Xs = self._standardise(X)
+        Xs = self._scaled(X)
         C = self._conditions(y, Xs.shape[0])
         log_p = self._map_batches(self.module_.log_prob, Xs, C)
         return log_p - np.log(self.scale_).sum()
@@ -303,7 +234,7 @@ class FreeFormFlow(
         -------
         Z : ndarray of shape (n_samples, n_features)
         """
-        Xs = self._standardise(X)
+        Xs = self._scaled(X)
         C = self._conditions(y, Xs.shape[0])
         return self._map_batches(self.module_.encode, Xs, C)
 
@@ -321,13 +252,7 @@ class FreeFormFlow(
         -------
         X : ndarray of shape (n_samples, n_features)
         """
-        check_is_fitted(self)
-        Z = check_array(Z, dtype=[np.float64, np.float32])
-        if Z.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"Z has {Z.shape[1]} features, but {type(self).__name__} is expecting "
-                f"{self.n_features_in_} features as input"
-            )
+        Z = self._validate_latent(Z, self.n_features_in_)
         C = self._conditions(y, Z.shape[0])
         return self._map_batches(self.module_.decode, Z, C) * self.scale_ + self.mean_
 
@@ -349,8 +274,7 @@ class FreeFormFlow(
         X : ndarray of shape (n_samples, n_features)
         """
         check_is_fitted(self)
-        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        self._check_n_samples(n_samples)
         C = self._conditions(y, n_samples)
         z = self._randn((n_samples, self.n_features_in_), random_state)
         return self._map_batches(self.module_.decode, z, C) * self.scale_ + self.mean_

@@ -15,20 +15,17 @@ import numpy as np
 import torch
 from scipy.special import logsumexp
 from sklearn.base import ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
-from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
-from ._torch.coupling import GINFlow, GINTrainingModule
-from ._torch.priors import ClassConditionalGaussian
+from ._torch.gin import GINFlow, GINTrainingModule
+from ._torch.networks import make_network
+from ._torch.priors import ClassConditionalGaussian, diagonal_gaussian_log_prob
 from .base import BaseTorchEstimator
 
 __all__ = ["GINTransformer"]
-
-_LOG_2PI = float(np.log(2.0 * np.pi))
-
 
 def spectrum_knee(latent_std: np.ndarray) -> tuple[int, float]:
     """Number of informative variables from a sorted spectrum of standard deviations.
@@ -83,9 +80,11 @@ class GINTransformer(
     n_hidden_layers : int, default=2
         Number of hidden layers of each coupling subnetwork.
     subnet : callable or None, default=None
-        Factory ``subnet(in_features, out_features) -> torch.nn.Module`` for the coupling
-        subnetworks (a free-form architecture); ``None`` uses a ReLU MLP of
-        ``n_hidden_layers`` layers of width ``hidden_features`` whose last layer starts at zero.
+        Factory ``subnet(in_features, out_features, n_conditions)`` returning a
+        ``torch.nn.Module`` for the coupling subnetworks (a free-form architecture;
+        ``n_conditions`` is 0, and a factory of two parameters also works); ``None`` uses
+        a ReLU MLP of ``n_hidden_layers`` layers of width ``hidden_features`` whose last
+        layer starts at zero.
     clamp : float, default=2.0
         Soft clamp on the log-scales: every coupling scales a coordinate by at most
         ``exp(clamp)``.
@@ -100,38 +99,10 @@ class GINTransformer(
         How ``n_informative_`` is chosen. ``None``: the knee of the spectrum, the largest drop
         in ``log(latent_std_)`` between consecutive sorted variables. A float: the number of
         latent variables whose standard deviation exceeds it.
-    lr : float, default=1e-3
-        Learning rate.
-    max_epochs : int, default=100
-        Maximum number of epochs.
-    batch_size : int, default=1000
-        Mini-batch size. The empirical prior estimates a mean and a variance per class in every
-        batch, so batches should hold several samples of each class.
-    weight_decay : float, default=0.0
-        Weight decay.
-    optimizer : {"adam", "adamw", "sgd", "rmsprop"} or torch optimiser class, default="adam"
-        Optimiser.
-    lr_schedule : {"cosine", "constant"}, default="cosine"
-        Learning-rate schedule.
-    max_grad_norm : float or None, default=10.0
-        Gradient-norm clipping.
-    device : str or torch.device, default="auto"
-        ``"auto"`` trains on CUDA when available.
-    callbacks : list of skorch callbacks or None, default=None
-        Extra skorch callbacks.
-    validation_fraction : float, default=0.1
-        Fraction of rows held out to monitor the exact negative log-likelihood.
-    early_stopping : bool, default=False
-        Stop when the held-out negative log-likelihood stops improving and restore the best
-        weights.
-    patience : int, default=10
-        Epochs without improvement before early stopping.
-    random_state : int, RandomState instance or None, default=None
-        Seeds the weights, the permutations, the mini-batches and the validation split.
-    verbose : int, default=0
-        0 silent, 1 progress bar, 2 also skorch's epoch table.
-    warm_start : bool, default=False
-        Continue training the fitted flow on the next ``fit``.
+    %(training_parameters)s
+
+    The empirical prior estimates a mean and a variance per class in every batch, so
+    batches (``batch_size``) should hold several samples of each class.
 
     Attributes
     ----------
@@ -159,7 +130,7 @@ class GINTransformer(
         Largest drop in ``log(latent_std_)`` between consecutive variables (the sharpness of
         the knee, natural-log units).
     net_ : skorch.NeuralNet
-        The fitted skorch net; ``module_`` is its :class:`~skfff._torch.coupling.GINTrainingModule`.
+        The fitted skorch net; ``module_`` is its :class:`~skfff._torch.gin.GINTrainingModule`.
     history_ : skorch.History
         Per-epoch training loss and held-out negative log-likelihood.
     n_iter_ : int
@@ -175,7 +146,7 @@ class GINTransformer(
     -----
     The flow has no Jacobian term, so :meth:`score_samples` is exact:
     ``log p(x | y) = log N(f(x); mu_y, diag sigma_y^2)``. After training, the class
-    statistics are recomputed on the whole training set (without noise).
+    statistics are recomputed on the whole training set (with the training noise).
 
     Input scale matters: the flow preserves volume and ``noise_std`` is absolute, so put
     features on comparable scales (e.g. pixels in [0, 1]).
@@ -235,6 +206,13 @@ class GINTransformer(
         verbose: int = 0,
         warm_start: bool = False,
     ) -> None:
+        super().__init__(
+            lr=lr, max_epochs=max_epochs, batch_size=batch_size, weight_decay=weight_decay,
+            optimizer=optimizer, lr_schedule=lr_schedule, max_grad_norm=max_grad_norm,
+            device=device, callbacks=callbacks, validation_fraction=validation_fraction,
+            early_stopping=early_stopping, patience=patience, random_state=random_state,
+            verbose=verbose, warm_start=warm_start,
+        )
         self.n_blocks = n_blocks
         self.hidden_features = hidden_features
         self.n_hidden_layers = n_hidden_layers
@@ -243,127 +221,85 @@ class GINTransformer(
         self.noise_std = noise_std
         self.prior = prior
         self.informative_threshold = informative_threshold
-        self.lr = lr
-        self.max_epochs = max_epochs
-        self.batch_size = batch_size
-        self.weight_decay = weight_decay
-        self.optimizer = optimizer
-        self.lr_schedule = lr_schedule
-        self.max_grad_norm = max_grad_norm
-        self.device = device
-        self.callbacks = callbacks
-        self.validation_fraction = validation_fraction
-        self.early_stopping = early_stopping
-        self.patience = patience
-        self.random_state = random_state
-        self.verbose = verbose
-        self.warm_start = warm_start
 
-    # ---------------------------------------------------------------- training
-    def _build_module(self, n_features: int, n_conditions: int) -> GINTrainingModule:
-        flow = GINFlow(
-            n_features,
-            self.n_blocks,
-            self.subnet,
-            hidden_features=self.hidden_features,
-            n_hidden_layers=self.n_hidden_layers,
-            clamp=self.clamp,
-        )
-        prior = ClassConditionalGaussian(
-            self._n_classes, n_features, empirical=self.prior == "empirical"
-        )
-        return GINTrainingModule(flow, prior, noise_std=self.noise_std)
-
-    def fit(self, X: Any, y: Any = None) -> GINTransformer:
-        """Train the flow on ``X`` with the class label ``y`` as auxiliary variable.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Training data, ``n_features >= 2``.
-        y : array-like of shape (n_samples,) or None
-            Class labels (the auxiliary variable). ``None`` fits a single class, with a warning:
-            the latent variables are then no longer identifiable.
-
-        Returns
-        -------
-        self : GINTransformer
-            The fitted estimator.
-        """
-        self._validate_params()
+    # ---------------------------------------------------------------- hooks
+    def _fit_inputs(self, X: Any, y: Any, *, warm: bool) -> tuple[np.ndarray, np.ndarray]:
         if y is None:
             warnings.warn(
                 "GINTransformer was fitted without y: with a single class the latent variables "
                 "are not identifiable (any rotation of them fits equally well). Pass the class "
                 "label as y to recover the independent components.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=4,
             )
-            X = self._validate_X(X, reset=True)
-            codes = np.zeros(X.shape[0], dtype=np.int64)
-            classes = None
+            X = self._validate_X(X, reset=not warm)
+            codes, classes = np.zeros(X.shape[0], dtype=np.int64), None
         else:
-            X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], ensure_min_samples=2)
+            X, y = validate_data(
+                self, X, y, reset=not warm, dtype=[np.float64, np.float32], ensure_min_samples=2
+            )
             y = column_or_1d(y, warn=True)
             check_classification_targets(y)
-            encoder = LabelEncoder().fit(y)
-            codes = encoder.transform(y).astype(np.int64)
-            classes = encoder.classes_
+            classes, codes = np.unique(y, return_inverse=True)
         n_classes = 1 if classes is None else len(classes)
         if X.shape[1] < 2:
             raise ValueError(
                 "GINTransformer needs at least 2 features (coupling blocks split them in two), "
                 f"got {X.shape[1]} feature(s)."
             )
-        if self.warm_start and hasattr(self, "net_"):
-            if self.module_.prior.n_classes != n_classes:
-                raise ValueError(
-                    f"warm_start=True: the flow was fitted with {self.module_.prior.n_classes} "
-                    f"classes, y now has {n_classes}; refit with warm_start=False."
-                )
-        self.classes_ = classes
-        self._n_classes = n_classes
-        counts = np.bincount(codes, minlength=n_classes)
-        if np.any(counts < 2):
+        if warm and self.module_.prior.n_classes != n_classes:
+            raise ValueError(
+                f"warm_start=True: the flow was fitted with {self.module_.prior.n_classes} "
+                f"classes, y now has {n_classes}; refit with warm_start=False."
+            )
+        if np.any(np.bincount(codes, minlength=n_classes) < 2):
             warnings.warn(
                 "Some classes have fewer than 2 samples; their variance cannot be estimated and "
                 "is replaced by the pooled variance.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=4,
             )
-        self._train(X, codes[:, None].astype(np.float32))
-        self._fit_spectrum(X, codes)
-        return self
+        self.classes_ = classes
+        return X, codes.astype(np.int64)
 
-    def _fit_spectrum(self, X: np.ndarray, codes: np.ndarray) -> None:
+    def _build_module(self, X: np.ndarray, C: np.ndarray) -> GINTrainingModule:
+        subnet = None
+        if self.subnet is not None:
+
+            def subnet(i: int, o: int) -> torch.nn.Module:
+                return make_network(self.subnet, i, o, wrap=False)
+
+        flow = GINFlow(
+            X.shape[1],
+            self.n_blocks,
+            subnet,
+            hidden_features=self.hidden_features,
+            n_hidden_layers=self.n_hidden_layers,
+            clamp=self.clamp,
+        )
+        n_classes = 1 if self.classes_ is None else len(self.classes_)
+        prior = ClassConditionalGaussian(
+            n_classes, X.shape[1], empirical=self.prior == "empirical"
+        )
+        return GINTrainingModule(flow, prior, noise_std=self.noise_std)
+
+    def _after_fit(self, X: np.ndarray, C: np.ndarray, y: Any) -> None:
         """Exact class statistics on the training data, spectrum, order and knee."""
         module = self.module_
         if self.noise_std > 0:
             # the model is a density of the noisy training inputs: measure it on them
             rng = check_random_state(self._seed())
             X = X + self.noise_std * rng.standard_normal(X.shape)
-        z = self._map_batches(module.flow.encode, X)
-        device = self._torch_device()
-        module.prior.fit_statistics(
-            torch.as_tensor(z, dtype=torch.float32, device=device),
-            torch.as_tensor(codes, device=device),
-        )
-        # statistics in float64 on the host, for exact and stable densities
-        counts = np.bincount(codes, minlength=self._n_classes).astype(np.float64)
-        means = np.zeros((self._n_classes, z.shape[1]))
-        variances = np.zeros_like(means)
-        pooled_var = z.var(0)
-        for k in range(self._n_classes):
-            zk = z[codes == k]
-            means[k] = zk.mean(0) if len(zk) else z.mean(0)
-            variances[k] = zk.var(0) if len(zk) >= 2 else pooled_var
-        variances = np.maximum(variances, np.finfo(np.float64).tiny)
-        std = np.sqrt(variances.mean(0))
+        z = torch.from_numpy(self._map_batches(module.flow.encode, X))  # float64
+        mean, var, counts = module.prior.exact_statistics(z, torch.from_numpy(C))
+        module.prior.set_statistics(mean, var, counts.clamp_min(1e-12))
+        mean, var, counts = mean.numpy(), var.numpy(), counts.numpy()
+        std = np.sqrt(var.mean(0))
         order = np.argsort(-std, kind="stable")
         self.latent_order_ = order
         self.latent_std_ = std[order]
-        self.class_means_ = means[:, order]
-        self.class_variances_ = variances[:, order]
+        self.class_means_ = mean[:, order]
+        self.class_variances_ = var[:, order]
         self.class_weights_ = counts / counts.sum()
         n_knee, gap = spectrum_knee(self.latent_std_)
         self.spectrum_gap_ = gap
@@ -403,13 +339,7 @@ class GINTransformer(
         -------
         X : ndarray of shape (n_samples, n_features)
         """
-        check_is_fitted(self, "net_")
-        Z = check_array(Z, dtype=[np.float64, np.float32], input_name="Z")
-        if Z.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"Z has {Z.shape[1]} features, but {type(self).__name__} is expecting "
-                f"{self.n_features_in_} features as input."
-            )
+        Z = self._validate_latent(Z, self.n_features_in_)
         unsorted = np.empty_like(Z)
         unsorted[:, self.latent_order_] = Z
         return self._map_batches(self.module_.flow.inverse, unsorted)
@@ -434,9 +364,9 @@ class GINTransformer(
 
     def _class_log_prob(self, Z: np.ndarray) -> np.ndarray:
         """``log N(z; mu_k, sigma_k^2)`` for every class, shape (n, K), float64."""
-        diff = Z[:, None, :] - self.class_means_[None]
-        var = self.class_variances_[None]
-        return -0.5 * (diff**2 / var + np.log(var) + _LOG_2PI).sum(-1)
+        z = torch.from_numpy(Z).unsqueeze(-2)
+        mean, var = torch.from_numpy(self.class_means_), torch.from_numpy(self.class_variances_)
+        return diagonal_gaussian_log_prob(z, mean, var).numpy()
 
     def score_samples(self, X: Any, y: Any = None) -> np.ndarray:
         """Exact log-density of each sample.
@@ -494,8 +424,7 @@ class GINTransformer(
         X : ndarray of shape (n_samples, n_features)
         """
         check_is_fitted(self, "net_")
-        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        self._check_n_samples(n_samples)
         rng = check_random_state(random_state)
         if y is None:
             codes = rng.choice(len(self.class_weights_), size=n_samples, p=self.class_weights_)

@@ -13,8 +13,8 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from ._conditioning import ConditionalMixin
-from ._torch.manifold_estimators import ManifoldFreeFormFlowModule
-from ._torch.networks import make_network
+from ._torch.mfff import ManifoldFreeFormFlowModule
+from ._torch.networks import ResidualMLP, make_network
 from .base import BaseTorchEstimator
 from .manifolds import (
     Manifold,
@@ -118,36 +118,7 @@ class ManifoldFreeFormFlow(
         :class:`FreeFormFlow`; their outputs are projected onto the manifold.
     conditional : bool or {"categorical", "continuous"}, default=False
         Learn ``p(x | y)`` from ``fit(X, y)``, exactly as :class:`FreeFormFlow` does.
-    lr : float, default=1e-3
-        Learning rate.
-    max_epochs : int, default=300
-        Maximum epochs; early stopping usually ends training sooner.
-    batch_size : int, default=256
-        Mini-batch size.
-    weight_decay : float, default=0.0
-        Weight decay.
-    optimizer : str or torch optimiser class, default="adam"
-        Optimiser.
-    lr_schedule : {"cosine", "constant"}, default="cosine"
-        Learning-rate schedule over ``max_epochs``.
-    max_grad_norm : float or None, default=10.0
-        Gradient clipping.
-    device : str or torch.device, default="auto"
-        ``"auto"`` uses CUDA when available.
-    callbacks : list of skorch callbacks, default=None
-        Extra skorch callbacks.
-    validation_fraction : float, default=0.1
-        Fraction of rows held out (at random) to monitor the exact validation NLL.
-    early_stopping : bool, default=True
-        Stop when the validation NLL stalls for ``patience`` epochs; keep the best weights.
-    patience : int, default=30
-        Epochs without improvement before stopping.
-    random_state : int, RandomState instance or None, default=None
-        Seed for weights, batches, validation split, probes and samples.
-    verbose : int, default=0
-        1 shows a progress bar, 2 also a per-epoch table.
-    warm_start : bool, default=False
-        Continue from the fitted weights on the next ``fit``.
+    %(training_parameters)s
 
     Attributes
     ----------
@@ -257,6 +228,13 @@ class ManifoldFreeFormFlow(
         verbose: int = 0,
         warm_start: bool = False,
     ) -> None:
+        super().__init__(
+            lr=lr, max_epochs=max_epochs, batch_size=batch_size, weight_decay=weight_decay,
+            optimizer=optimizer, lr_schedule=lr_schedule, max_grad_norm=max_grad_norm,
+            device=device, callbacks=callbacks, validation_fraction=validation_fraction,
+            early_stopping=early_stopping, patience=patience, random_state=random_state,
+            verbose=verbose, warm_start=warm_start,
+        )
         self.manifold = manifold
         self.hidden_features = hidden_features
         self.n_blocks = n_blocks
@@ -273,21 +251,6 @@ class ManifoldFreeFormFlow(
         self.encoder = encoder
         self.decoder = decoder
         self.conditional = conditional
-        self.lr = lr
-        self.max_epochs = max_epochs
-        self.batch_size = batch_size
-        self.weight_decay = weight_decay
-        self.optimizer = optimizer
-        self.lr_schedule = lr_schedule
-        self.max_grad_norm = max_grad_norm
-        self.device = device
-        self.callbacks = callbacks
-        self.validation_fraction = validation_fraction
-        self.early_stopping = early_stopping
-        self.patience = patience
-        self.random_state = random_state
-        self.verbose = verbose
-        self.warm_start = warm_start
 
     # --------------------------------------------------------------- manifold
     def _resolve_manifold(self, n_features: int) -> Manifold:
@@ -357,12 +320,17 @@ class ManifoldFreeFormFlow(
         emb = self.manifold_.project(torch.as_tensor(emb, dtype=torch.float64)).numpy()
         return self.manifold_.from_embedding(emb)
 
-    # ------------------------------------------------------------------ model
-    def _build_module(self, n_features: int, n_conditions: int) -> ManifoldFreeFormFlowModule:
-        m = self.manifold_.ambient_dim
-        kw = {"hidden_features": self.hidden_features, "n_blocks": self.n_blocks, "skip": True}
-        enc = make_network(self.encoder, m, m, n_conditions, **kw)
-        dec = make_network(self.decoder, m, m, n_conditions, **kw)
+    # ------------------------------------------------------------------ hooks
+    def _fit_inputs(self, X: Any, y: Any, *, warm: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        E = self._coordinates(X, reset=not warm)
+        return E, self._fit_conditions(y, E.shape[0])
+
+    def _build_module(self, X: np.ndarray, C: np.ndarray | None) -> ManifoldFreeFormFlowModule:
+        m, k = self.manifold_.ambient_dim, 0 if C is None else C.shape[1]
+
+        def default() -> ResidualMLP:
+            return ResidualMLP(m, m, self.hidden_features, self.n_blocks, k, skip=True)
+
         if self.prior == "vmf_mixture":
             if self.manifold_ != Sphere(2):
                 raise ValueError(
@@ -372,34 +340,14 @@ class ManifoldFreeFormFlow(
             prior: torch.nn.Module = VonMisesFisherMixture(self.n_prior_components)
         else:
             prior = UniformDistribution(self.manifold_)
-        return ManifoldFreeFormFlowModule(enc, dec, self.manifold_, prior, self.beta,
-                                          self.n_hutchinson, self.distance_weight,
-                                          self.cycle_weight, self.uniform_weight,
-                                          self.log_prob_via)
+        return ManifoldFreeFormFlowModule(
+            make_network(self.encoder, m, m, k, default=default),
+            make_network(self.decoder, m, m, k, default=default),
+            self.manifold_, prior, self.beta, self.n_hutchinson, self.distance_weight,
+            self.cycle_weight, self.uniform_weight, self.log_prob_via,
+        )
 
     # -------------------------------------------------------------- sklearn
-    def fit(self, X: Any, y: Any = None) -> ManifoldFreeFormFlow:
-        """Fit the flow to points ``X`` on the manifold (or ``p(X | y)``).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_coordinates) or (n_samples, 3, 3)
-            Points in the manifold's input convention (see the class docstring).
-        y : array-like of shape (n_samples,) or (n_samples, n_targets), default=None
-            Conditioning variable, used only when ``conditional`` is set.
-
-        Returns
-        -------
-        self : ManifoldFreeFormFlow
-            The fitted estimator.
-        """
-        self._validate_params()
-        warm = self.warm_start and hasattr(self, "net_")
-        E = self._coordinates(X, reset=not warm)
-        C = self._fit_conditions(y, E.shape[0])
-        self._train(E, C)
-        return self
-
     def _embedded(self, X: Any) -> np.ndarray:
         check_is_fitted(self)
         return self._coordinates(X, reset=False)
@@ -478,8 +426,7 @@ class ManifoldFreeFormFlow(
             Points on the manifold (projected in float64), in the input convention.
         """
         check_is_fitted(self)
-        if not isinstance(n_samples, numbers.Integral) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        self._check_n_samples(n_samples)
         C = self._conditions(y, n_samples)
         seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
         gen = torch.Generator().manual_seed(seed)

@@ -1,4 +1,8 @@
-"""The shared training machinery: splits, early stopping, warm start, progress, divergence."""
+"""The shared training machinery: splits, callbacks, early stopping, progress, divergence.
+
+Warm start, seeding, persistence and devices are tested over every estimator in
+test_common.py.
+"""
 
 from __future__ import annotations
 
@@ -58,17 +62,6 @@ def test_early_stopping_restores_best_weights():
     assert best < flow.n_iter_ - 1
     nll_best = flow.history_[best, "valid_nll"]
     assert -flow.score(Xv) == pytest.approx(nll_best + np.log(flow.scale_).sum(), abs=1e-3)
-
-
-def test_warm_start_continues_training():
-    X = np.random.default_rng(0).standard_normal((100, 2))
-    flow = FreeFormFlow(**FAST, warm_start=True, early_stopping=False, random_state=0).fit(X)
-    net = flow.net_
-    flow.fit(X)
-    assert flow.net_ is net
-    assert flow.n_iter_ == 8
-    cold = FreeFormFlow(**FAST, warm_start=False, random_state=0).fit(X)
-    assert cold.n_iter_ == 4
 
 
 def test_verbose_shows_a_progress_bar(capsys):

@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from skfff._torch.estimators import fff_surrogate
 from skfff._torch.jacobian import (
     batch_jacobian,
-    half_log_det_jtj,
+    half_log_det_gram,
+    jacobian_on_basis,
     log_abs_det_jacobian,
     logabsdet,
 )
 from skfff._torch.networks import ResidualMLP
+from skfff._torch.surrogates import volume_change_surrogate as fff_surrogate
 
 
 def _random_net(d_in, d_out, n_cond=0, skip=False):
@@ -47,12 +48,30 @@ def test_batch_jacobian_modes_agree(mode):
     torch.testing.assert_close(jac[3], ref, atol=1e-5, rtol=1e-5)
 
 
-def test_half_log_det_jtj_matches_slogdet():
+def test_half_log_det_gram_matches_slogdet():
     fn = _random_net(3, 7)
     z = torch.randn(9, 3)
     jac = batch_jacobian(fn, z)
     ref = 0.5 * torch.linalg.slogdet(jac.transpose(1, 2) @ jac)[1]
-    torch.testing.assert_close(half_log_det_jtj(fn, z, max_elements=40), ref, atol=1e-4, rtol=1e-4)
+    got = half_log_det_gram(jacobian_on_basis(fn, z, max_elements=40))
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    # a per-output scale S multiplies the Jacobian's rows: 1/2 log det(J^T S^2 J)
+    scale = torch.linspace(0.5, 2.0, 7)
+    sj = scale[:, None] * jac
+    ref_s = 0.5 * torch.linalg.slogdet(sj.transpose(1, 2) @ sj)[1]
+    torch.testing.assert_close(half_log_det_gram(jac, scale), ref_s, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("max_elements", [None, 10])
+def test_jacobian_on_basis_is_jacobian_times_basis(max_elements):
+    net = ResidualMLP(4, 5, 16, 2, skip=False, zero_init=False).double()
+    fn64 = lambda u, c: net(u, c)  # noqa: E731
+    x = torch.randn(6, 4, dtype=torch.float64)
+    full = batch_jacobian(fn64, x)
+    torch.testing.assert_close(jacobian_on_basis(fn64, x, max_elements=max_elements), full)
+    basis = torch.linalg.qr(torch.randn(6, 4, 2, dtype=torch.float64)).Q
+    got = jacobian_on_basis(fn64, x, basis=basis, max_elements=max_elements)
+    torch.testing.assert_close(got, full @ basis)
 
 
 def test_jacobian_works_under_no_grad():

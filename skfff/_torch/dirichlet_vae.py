@@ -20,46 +20,16 @@ SciPost Phys. 11, 061 (2021).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from .module import TrainingModule
+from .networks import MLP, make_network
 from .priors import DirichletLaplacePrior, GaussianMixturePrior
 
-__all__ = ["DirichletVAE", "make_encoder"]
-
-
-def make_encoder(
-    in_features: int,
-    out_features: int,
-    hidden_layer_sizes: Sequence[int] = (128, 64),
-    activation: type[nn.Module] = nn.SiLU,
-) -> nn.Sequential:
-    """Default encoder: a plain multi-layer perceptron ``R^in -> R^out``.
-
-    Parameters
-    ----------
-    in_features, out_features : int
-        Input and output widths.
-    hidden_layer_sizes : sequence of int, default=(128, 64)
-        Widths of the hidden layers.
-    activation : type of torch.nn.Module, default=torch.nn.SiLU
-        Activation between layers.
-
-    Returns
-    -------
-    torch.nn.Sequential
-    """
-    layers: list[nn.Module] = []
-    width = in_features
-    for h in hidden_layer_sizes:
-        layers += [nn.Linear(width, int(h)), activation()]
-        width = int(h)
-    layers.append(nn.Linear(width, out_features))
-    return nn.Sequential(*layers)
+__all__ = ["DirichletVAE"]
 
 
 class DirichletVAE(TrainingModule):
@@ -81,9 +51,10 @@ class DirichletVAE(TrainingModule):
     hidden_layer_sizes : sequence of int, default=(128, 64)
         Hidden widths of the default encoder.
     encoder : torch.nn.Module or callable, optional
-        A module (deep-copied) or a factory ``encoder(in_features, out_features)`` replacing
-        the default encoder; it receives the standardised ``sqrt(x)`` and must return ``2 K``
-        numbers per row (mean, log-variance).
+        A module (deep-copied) or a factory ``encoder(in_features, out_features,
+        n_conditions)`` (see :func:`~skfff._torch.networks.make_network`) replacing the
+        default :class:`~skfff._torch.networks.MLP` encoder; it receives the standardised
+        ``sqrt(x)`` and must return ``2 K`` numbers per row (mean, log-variance).
     n_classes : int, default=0
         With ``n_classes > 0`` the training loss adds the cross-entropy of the class weights
         (component ``k`` for class ``k``) against one-hot labels passed as ``c``.
@@ -117,12 +88,10 @@ class DirichletVAE(TrainingModule):
         self.kl_scale = 1.0
         self.n_classes = int(n_classes)
         k = self.n_components
-        if encoder is None:
-            self.encoder = make_encoder(n_features, 2 * k, hidden_layer_sizes)
-        elif isinstance(encoder, nn.Module):
-            self.encoder = copy.deepcopy(encoder)
-        else:
-            self.encoder = encoder(n_features, 2 * k)
+        self.encoder = make_network(
+            encoder, n_features, 2 * k, default=lambda: MLP(n_features, 2 * k, hidden_layer_sizes),
+            wrap=False,
+        )
         # Topics: logits of K pure components, mixed linearly in logit space (no bias).
         self.topics = nn.Parameter(0.1 * torch.randn(n_features, k))
         # Standardisation of the encoder input sqrt(x) (see set_input_scaling).

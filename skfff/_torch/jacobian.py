@@ -1,10 +1,17 @@
-"""Exact Jacobians and log-determinants, batched with ``torch.func`` and chunked.
+"""Every exact Jacobian and log-determinant of the package, batched and chunked.
 
-All functions take a *batched* function ``fn(x, c)`` (``c`` may be ``None``) and evaluate
-per-sample Jacobians with ``vmap`` over the batch. The batch is processed in chunks so
-that at most about ``max_elements`` Jacobian entries live in memory at once: memory stays
-bounded for dimensions in the hundreds. ``torch.func`` ignores an outer ``no_grad``, so
-these helpers work inside skorch's validation and prediction steps.
+Functions take a *batched* map ``fn(x, c)`` (``c`` may be ``None``; samples must not
+interact, e.g. no batch normalisation) and compute per-sample Jacobians with ``torch.func``.
+One chunking rule (:func:`chunks`) bounds the number of Jacobian entries alive at once, so
+memory stays bounded for dimensions in the hundreds. ``torch.func`` ignores an outer
+``no_grad``, so these helpers work inside skorch's validation and prediction steps.
+
+- :func:`jacobian_on_basis`: ``J_fn(x) @ B`` for a basis ``B`` (the identity, or orthonormal
+  tangent bases of a manifold), one batched jvp per column.
+- :func:`batch_jacobian`: full Jacobians in forward or reverse mode (the cheaper one).
+- :func:`logabsdet`: ``log|det M|`` of square matrices (float64 QR).
+- :func:`half_log_det_gram`: ``1/2 log det(J^T S^2 J)`` of tall (injective) Jacobians.
+- :func:`log_abs_det_jacobian`: ``log|det J_fn(x)|`` of a dimension-preserving map.
 """
 
 from __future__ import annotations
@@ -12,9 +19,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.func import jacfwd, jacrev, vmap
+from torch.func import jacfwd, jacrev, jvp, vmap
 
-__all__ = ["batch_jacobian", "logabsdet", "log_abs_det_jacobian", "half_log_det_jtj"]
+__all__ = [
+    "MAX_ELEMENTS",
+    "batch_jacobian",
+    "chunks",
+    "half_log_det_gram",
+    "jacobian_on_basis",
+    "log_abs_det_jacobian",
+    "logabsdet",
+]
 
 BatchFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -26,9 +41,75 @@ BatchFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 MAX_ELEMENTS = 2**21
 
 
-def _chunks(n: int, per_sample: int, max_elements: int | None) -> list[slice]:
+def chunks(n: int, per_sample: int, max_elements: int | None = MAX_ELEMENTS) -> list[slice]:
+    """Slices of a batch of ``n`` rows holding at most ``max_elements`` entries each.
+
+    Parameters
+    ----------
+    n : int
+        Batch size.
+    per_sample : int
+        Entries one sample needs (e.g. ``m * n`` for an ``m x n`` Jacobian).
+    max_elements : int or None
+        Bound per chunk; ``None`` gives one chunk.
+
+    Returns
+    -------
+    list of slice
+    """
     size = n if max_elements is None else max(1, max_elements // max(per_sample, 1))
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _out_features(fn: BatchFn, x: torch.Tensor, c: torch.Tensor | None) -> int:
+    with torch.no_grad():
+        return fn(x[:1], None if c is None else c[:1]).shape[-1]
+
+
+def jacobian_on_basis(
+    fn: BatchFn,
+    x: torch.Tensor,
+    c: torch.Tensor | None = None,
+    basis: torch.Tensor | None = None,
+    *,
+    max_elements: int | None = MAX_ELEMENTS,
+) -> torch.Tensor:
+    """``J_fn(x) @ basis`` per sample, one batched jvp per basis column.
+
+    Parameters
+    ----------
+    fn : callable
+        Batched ``fn(x, c)`` with output (B, m).
+    x : Tensor of shape (B, n)
+        Points.
+    c : Tensor of shape (B, k) or None
+        Conditions, passed through unchanged.
+    basis : Tensor of shape (B, n, k) or None
+        Columns to differentiate along (e.g. orthonormal tangent bases); ``None`` is the
+        identity, giving the full Jacobian.
+    max_elements : int or None
+        Bound on the Jacobian entries computed at once.
+
+    Returns
+    -------
+    Tensor of shape (B, m, k)
+    """
+    batch, n = x.shape
+    k = n if basis is None else basis.shape[-1]
+    m = _out_features(fn, x, c)
+    parts = []
+    for s in chunks(batch, m * k, max_elements):
+        xs, cs = x[s], None if c is None else c[s]
+        if basis is None:
+            cols = torch.eye(n, dtype=x.dtype, device=x.device)[:, None, :].expand(n, len(xs), n)
+        else:
+            cols = basis[s].movedim(-1, 0)  # (k, b, n)
+
+        def column(t: torch.Tensor, xs: torch.Tensor = xs, cs: torch.Tensor | None = cs):
+            return jvp(lambda u: fn(u, cs), (xs,), (t,))[1]
+
+        parts.append(vmap(column)(cols).movedim(0, -1))  # (b, m, k)
+    return torch.cat(parts, dim=0)
 
 
 def batch_jacobian(
@@ -39,13 +120,12 @@ def batch_jacobian(
     mode: str = "auto",
     max_elements: int | None = MAX_ELEMENTS,
 ) -> torch.Tensor:
-    """Per-sample Jacobians of a batched function.
+    """Full per-sample Jacobians, by forward or reverse mode.
 
     Parameters
     ----------
     fn : callable
-        ``fn(x, c) -> y`` with ``x`` of shape (B, n) and ``y`` of shape (B, m); samples
-        must not interact (no batch normalisation).
+        ``fn(x, c) -> y`` with ``x`` of shape (B, n) and ``y`` of shape (B, m).
     x : Tensor of shape (B, n)
         Points.
     c : Tensor of shape (B, k) or None
@@ -60,6 +140,10 @@ def batch_jacobian(
     -------
     Tensor of shape (B, m, n)
     """
+    n = x.shape[-1]
+    m = _out_features(fn, x, c)
+    if mode == "auto":
+        mode = "forward" if n <= m else "reverse"
     if c is None:
 
         def single(xi: torch.Tensor) -> torch.Tensor:
@@ -72,17 +156,9 @@ def batch_jacobian(
             return fn(xi.unsqueeze(0), ci.unsqueeze(0)).squeeze(0)
 
         args = (x, c)
-    n = x.shape[-1]
-    if mode == "auto":
-        with torch.no_grad():
-            m = fn(x[:1], None if c is None else c[:1]).shape[-1]
-        mode = "forward" if n <= m else "reverse"
-    else:
-        m = None
     transform = {"forward": jacfwd, "reverse": jacrev}[mode]
     jac = vmap(transform(single, argnums=0))
-    per_sample = n * (m if m is not None else n)
-    parts = [jac(*(a[s] for a in args)) for s in _chunks(x.shape[0], per_sample, max_elements)]
+    parts = [jac(*(a[s] for a in args)) for s in chunks(x.shape[0], n * m, max_elements)]
     return torch.cat(parts, dim=0)
 
 
@@ -103,9 +179,34 @@ def logabsdet(matrices: torch.Tensor) -> torch.Tensor:
     Tensor of shape (...)
         In the dtype of ``matrices``.
     """
-    mode = "reduced" if torch.is_grad_enabled() and matrices.requires_grad else "r"
-    r = torch.linalg.qr(matrices.double(), mode=mode)[1]
-    return torch.log(torch.diagonal(r, dim1=-2, dim2=-1).abs()).sum(-1).to(matrices.dtype)
+    return half_log_det_gram(matrices)
+
+
+def half_log_det_gram(jac: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """``1/2 log det(J^T S^2 J)`` per sample, from a float64 QR decomposition of ``S J``.
+
+    For a square ``J`` (and no scale) this is ``log|det J|``; for a tall ``J`` of an
+    injective map ``R^d -> R^D`` it is the log volume change onto the ``d``-dimensional image.
+
+    Parameters
+    ----------
+    jac : Tensor of shape (..., D, d)
+        Jacobians, ``d <= D``.
+    scale : Tensor of shape (D,), optional
+        Per-output scale ``S = diag(scale)`` applied after the map (e.g. un-standardising
+        the data), so the result is the volume change of ``x = scale * g(z) + mean``.
+
+    Returns
+    -------
+    Tensor of shape (...)
+        In the dtype of ``jac``.
+    """
+    j = jac.double()
+    if scale is not None:
+        j = j * scale.double().reshape(-1, 1)
+    mode = "reduced" if torch.is_grad_enabled() and j.requires_grad else "r"
+    r = torch.linalg.qr(j, mode=mode)[1]
+    return torch.log(torch.diagonal(r, dim1=-2, dim2=-1).abs()).sum(-1).to(jac.dtype)
 
 
 def log_abs_det_jacobian(
@@ -115,9 +216,7 @@ def log_abs_det_jacobian(
     *,
     max_elements: int | None = MAX_ELEMENTS,
 ) -> torch.Tensor:
-    """``log |det J_fn(x)|`` per sample for a dimension-preserving ``fn``.
-
-    Computed exactly from the full Jacobian (see :func:`logabsdet`), chunk by chunk.
+    """``log |det J_fn(x)|`` per sample for a dimension-preserving ``fn``, chunk by chunk.
 
     Returns
     -------
@@ -125,38 +224,7 @@ def log_abs_det_jacobian(
     """
     n = x.shape[-1]
     out = []
-    for s in _chunks(x.shape[0], n * n, max_elements):
-        jac = batch_jacobian(
-            fn, x[s], None if c is None else c[s], mode="forward", max_elements=None
-        )
+    for s in chunks(x.shape[0], n * n, max_elements):
+        jac = jacobian_on_basis(fn, x[s], None if c is None else c[s], max_elements=None)
         out.append(logabsdet(jac))
-    return torch.cat(out, dim=0)
-
-
-def half_log_det_jtj(
-    fn: BatchFn,
-    z: torch.Tensor,
-    c: torch.Tensor | None = None,
-    *,
-    max_elements: int | None = MAX_ELEMENTS,
-) -> torch.Tensor:
-    """``1/2 log det(J^T J)`` per sample for an injective ``fn: R^d -> R^D`` (``d <= D``).
-
-    The Jacobian (``d`` jvps by forward mode) is reduced by a QR decomposition so the
-    determinant is taken of a well-conditioned triangular factor.
-
-    Returns
-    -------
-    Tensor of shape (B,)
-    """
-    d = z.shape[-1]
-    out = []
-    with torch.no_grad():
-        big_d = fn(z[:1], None if c is None else c[:1]).shape[-1]
-    for s in _chunks(z.shape[0], d * big_d, max_elements):
-        jac = batch_jacobian(
-            fn, z[s], None if c is None else c[s], mode="forward", max_elements=None
-        )
-        r = torch.linalg.qr(jac, mode="r")[1]
-        out.append(torch.log(torch.diagonal(r, dim1=-2, dim2=-1).abs()).sum(-1))
     return torch.cat(out, dim=0)

@@ -1,19 +1,22 @@
-"""Default free-form architectures: residual MLPs, optionally conditioned.
+"""The networks behind every estimator, and the one way users replace them.
 
-The networks here are the defaults behind every estimator; any ``torch.nn.Module``
-can stand in for them (see :func:`make_network`).
+:class:`ResidualMLP` (free-form flows, autoencoders) and :class:`MLP` (GIN couplings, the
+Dirichlet encoder, score models) are the defaults. A user's ``encoder=`` / ``decoder=`` /
+``subnet=`` is turned into a module by :func:`make_network`, with one signature for every
+estimator: a module instance (deep-copied) or a factory
+``factory(in_features, out_features, n_conditions)``.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["ResidualMLP", "ConditionedNetwork", "make_network"]
+__all__ = ["MLP", "ResidualMLP", "ConditionedNetwork", "make_network"]
 
 
 class _ResidualBlock(nn.Module):
@@ -95,6 +98,47 @@ class ResidualMLP(nn.Module):
         return x + out if self.skip else out
 
 
+class MLP(nn.Module):
+    """Plain multi-layer perceptron ``Linear -> act -> ... -> Linear``.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        Input and output widths.
+    hidden_layer_sizes : sequence of int
+        Widths of the hidden layers (empty: one linear layer).
+    activation : type of torch.nn.Module, default=torch.nn.SiLU
+        Activation between layers.
+    zero_init : bool, default=False
+        Initialise the last layer at zero (e.g. so that a coupling starts as the identity).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden_layer_sizes: Sequence[int],
+        *,
+        activation: type[nn.Module] = nn.SiLU,
+        zero_init: bool = False,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden_layer_sizes:
+            layers += [nn.Linear(width, int(h)), activation()]
+            width = int(h)
+        last = nn.Linear(width, out_features)
+        if zero_init:
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+        layers.append(last)
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
 class ConditionedNetwork(nn.Module):
     """Wrap a user module so that it is always called as ``net(x, c)``.
 
@@ -122,40 +166,47 @@ def make_network(
     spec: nn.Module | Callable[..., nn.Module] | None,
     in_features: int,
     out_features: int,
-    n_conditions: int,
+    n_conditions: int = 0,
     *,
-    hidden_features: int,
-    n_blocks: int,
-    skip: bool,
+    default: Callable[[], nn.Module] | None = None,
+    wrap: bool = True,
 ) -> nn.Module:
     """Build a network from a user specification.
 
     Parameters
     ----------
     spec : None, torch.nn.Module or callable
-        ``None`` builds the default :class:`ResidualMLP`. A module instance is deep-copied
-        (so refits start from the same weights). A callable (a module class or factory) is
-        called as ``spec(in_features, out_features, n_conditions)``.
+        ``None`` builds ``default()``. A module instance is deep-copied (so refits start
+        from the same weights). A callable (a module class or factory) is called as
+        ``spec(in_features, out_features, n_conditions)``; a factory of two parameters is
+        called as ``spec(in_features, out_features)``.
     in_features, out_features, n_conditions : int
         Widths.
-    hidden_features, n_blocks, skip
-        Passed to the default :class:`ResidualMLP`.
+    default : callable
+        Builds the default network (already called as ``net(x, c)`` when ``wrap``).
+    wrap : bool, default=True
+        Wrap user modules in :class:`ConditionedNetwork` so they are called as
+        ``net(x, c)``; ``False`` returns them as they are (called as ``net(x)``).
 
     Returns
     -------
     torch.nn.Module
-        A module called as ``net(x, c)``.
     """
     if spec is None:
-        return ResidualMLP(
-            in_features, out_features, hidden_features, n_blocks, n_conditions, skip=skip
-        )
+        if default is None:
+            raise ValueError("no network given and no default to build")
+        return default()
     if isinstance(spec, nn.Module):
         module = copy.deepcopy(spec)
     elif callable(spec):
-        module = spec(in_features, out_features, n_conditions)
+        params = inspect.signature(spec).parameters.values()
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        takes_all = len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in params)
+        args = (in_features, out_features, n_conditions) if takes_all else (
+            in_features, out_features)
+        module = spec(*args)
         if not isinstance(module, nn.Module):
             raise TypeError(f"the network factory returned {type(module).__name__}, not a Module")
     else:
         raise TypeError("a network must be None, a torch.nn.Module or a callable returning one")
-    return ConditionedNetwork(module, n_conditions)
+    return ConditionedNetwork(module, n_conditions) if wrap else module

@@ -6,9 +6,10 @@ import math
 
 import torch
 
-__all__ = ["standard_normal_log_prob"]
+__all__ = ["LOG_2PI", "diagonal_gaussian_log_prob", "standard_normal_log_prob"]
 
-_LOG_2PI = math.log(2.0 * math.pi)
+#: ``log(2 pi)``, the normalising constant of Gaussian log-densities.
+LOG_2PI = math.log(2.0 * math.pi)
 
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
@@ -24,7 +25,26 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     Tensor of shape (...)
         ``log N(z; 0, I)``.
     """
-    return -0.5 * (z.pow(2).sum(-1) + z.shape[-1] * _LOG_2PI)
+    return -0.5 * (z.pow(2).sum(-1) + z.shape[-1] * LOG_2PI)
+
+
+def diagonal_gaussian_log_prob(
+    z: torch.Tensor, mean: torch.Tensor, var: torch.Tensor
+) -> torch.Tensor:
+    """``log N(z; mean, diag(var))`` summed over the last axis (arguments broadcast).
+
+    Parameters
+    ----------
+    z : Tensor of shape (..., d)
+        Points.
+    mean, var : Tensor broadcastable to (..., d)
+        Means and variances.
+
+    Returns
+    -------
+    Tensor of shape (...)
+    """
+    return -0.5 * ((z - mean).pow(2) / var + var.log() + LOG_2PI).sum(-1)
 
 
 # --- Dirichlet (Laplace approximation) and Gaussian-mixture priors (DirichletLatentClassifier) ---
@@ -55,11 +75,6 @@ def diagonal_gaussian_kl(
     var_ratio = torch.exp(log_var_q - log_var_p)
     mahalanobis = (mean_q - mean_p).pow(2) * torch.exp(-log_var_p)
     return 0.5 * (var_ratio + mahalanobis - 1.0 - (log_var_q - log_var_p)).sum(-1)
-
-
-def _diagonal_gaussian_log_prob(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor):
-    quad = ((z - mean).pow(2) * torch.exp(-log_var) + log_var).sum(-1)
-    return -0.5 * (quad + z.shape[-1] * _LOG_2PI)
 
 
 class DirichletLaplacePrior(torch.nn.Module):
@@ -150,7 +165,7 @@ class DirichletLaplacePrior(torch.nn.Module):
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """Log-density of the Gaussian approximation at ``z`` (shape (..., K) -> (...))."""
-        return _diagonal_gaussian_log_prob(z, self.mean, self.log_var)
+        return diagonal_gaussian_log_prob(z, self.mean, self.log_var.exp())
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw ``n`` latent points ``z`` (``softmax(z)`` lies on the simplex)."""
@@ -233,7 +248,7 @@ class GaussianMixturePrior(torch.nn.Module):
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """Exact log-density of the mixture at ``z`` (shape (..., d) -> (...))."""
-        comp = _diagonal_gaussian_log_prob(z.unsqueeze(-2), self.means, self.log_vars)
+        comp = diagonal_gaussian_log_prob(z.unsqueeze(-2), self.means, self.log_vars.exp())
         return torch.logsumexp(self.log_weights + comp, dim=-1)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -249,11 +264,6 @@ class GaussianMixturePrior(torch.nn.Module):
 # --------------------------------------------------------------------------------------------
 
 __all__ += ["ClassConditionalGaussian"]
-
-
-def _diag_gaussian_log_prob(z: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    """``log N(z; mean, diag(var))`` summed over the last axis (arguments broadcast)."""
-    return -0.5 * ((z - mean).pow(2) / var + var.log() + _LOG_2PI).sum(-1)
 
 
 class ClassConditionalGaussian(torch.nn.Module):
@@ -380,11 +390,19 @@ class ClassConditionalGaussian(torch.nn.Module):
             self.log_weights.copy_((w / w.sum()).clamp_min(1e-30).log())
 
     @torch.no_grad()
-    def fit_statistics(self, z: torch.Tensor, c: torch.Tensor) -> None:
-        """Set means, variances and class weights to their exact values on ``(z, c)``.
+    def exact_statistics(
+        self, z: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-class means, variances and counts on a whole data set, in ``z``'s dtype.
 
-        A class with fewer than ``min_class_size`` samples keeps the pooled variance of all
-        samples (its mean is its sample mean, or the pooled mean when it has none).
+        A class with fewer than ``min_class_size`` samples gets the pooled variance of all
+        samples (its mean is its sample mean, or the pooled mean when it has none);
+        variances are floored at the dtype's smallest normal number.
+
+        Returns
+        -------
+        mean, var : Tensor of shape (K, D)
+        counts : Tensor of shape (K,)
         """
         mean, var, counts = self.class_statistics(z, c)
         pooled_mean = z.mean(0)
@@ -392,18 +410,24 @@ class ClassConditionalGaussian(torch.nn.Module):
         small = counts < self.min_class_size
         var = torch.where(small.unsqueeze(-1), pooled_var.expand_as(var), var)
         mean = torch.where((counts == 0).unsqueeze(-1), pooled_mean.expand_as(mean), mean)
+        return mean, var.clamp_min(torch.finfo(z.dtype).tiny), counts
+
+    @torch.no_grad()
+    def fit_statistics(self, z: torch.Tensor, c: torch.Tensor) -> None:
+        """Set means, variances and class weights to :meth:`exact_statistics` on ``(z, c)``."""
+        mean, var, counts = self.exact_statistics(z, c)
         self.set_statistics(mean, var, counts.clamp_min(1e-12))
 
     # ---- densities -------------------------------------------------------------------------
     def log_prob(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """``log N(z; mu_c, diag sigma_c^2)`` per sample, shape (n,), prediction-time statistics."""
         mean, var = self.statistics()
-        return _diag_gaussian_log_prob(z, mean[c], var[c])
+        return diagonal_gaussian_log_prob(z, mean[c], var[c])
 
     def joint_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """``log pi_k + log N(z; mu_k, sigma_k^2)`` for every class, shape (n, K)."""
         mean, var = self.statistics()
-        return _diag_gaussian_log_prob(z.unsqueeze(-2), mean, var) + self.log_weights
+        return diagonal_gaussian_log_prob(z.unsqueeze(-2), mean, var) + self.log_weights
 
     def mixture_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """Log-density of the class mixture ``sum_k pi_k N(z; mu_k, sigma_k^2)``, shape (n,)."""
@@ -426,7 +450,7 @@ class ClassConditionalGaussian(torch.nn.Module):
         if not bool(keep.any()):
             return (z * 0.0).sum()
         var = var.clamp_min(self.min_var)
-        nll = -_diag_gaussian_log_prob(z[keep], mean[c[keep]], var[c[keep]])
+        nll = -diagonal_gaussian_log_prob(z[keep], mean[c[keep]], var[c[keep]])
         return nll.mean()
 
     @torch.no_grad()

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
-from .._torch.coupling import GINFlow
+from .._torch.gin import GINFlow
 
 __all__ = ["make_nonlinear_ica"]
 

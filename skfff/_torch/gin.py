@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .module import TrainingModule
+from .networks import MLP
 from .priors import ClassConditionalGaussian
 
 __all__ = [
@@ -26,7 +27,6 @@ __all__ = [
     "GINFlow",
     "GINTrainingModule",
     "RandomPermutation",
-    "make_subnet",
     "soft_clamp",
 ]
 
@@ -56,46 +56,6 @@ def soft_clamp(s: Tensor, clamp: float) -> Tensor:
     return clamp * _ATAN_SCALE * torch.atan(s / clamp)
 
 
-def make_subnet(
-    in_features: int,
-    out_features: int,
-    hidden_features: int = 10,
-    n_hidden_layers: int = 2,
-    activation: type[nn.Module] = nn.ReLU,
-    zero_init: bool = True,
-) -> nn.Sequential:
-    """Fully connected network predicting log-scales and shifts of a coupling.
-
-    Parameters
-    ----------
-    in_features, out_features : int
-        Input and output widths.
-    hidden_features : int, default=10
-        Width of the hidden layers.
-    n_hidden_layers : int, default=2
-        Number of hidden layers.
-    activation : nn.Module class, default=nn.ReLU
-        Non-linearity between layers.
-    zero_init : bool, default=True
-        Initialise the last layer at zero, so that the coupling starts as the identity.
-
-    Returns
-    -------
-    nn.Sequential
-    """
-    layers: list[nn.Module] = []
-    width = in_features
-    for _ in range(n_hidden_layers):
-        layers += [nn.Linear(width, hidden_features), activation()]
-        width = hidden_features
-    last = nn.Linear(width, out_features)
-    if zero_init:
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-    layers.append(last)
-    return nn.Sequential(*layers)
-
-
 class GINCoupling(nn.Module):
     """Two-sided affine coupling with soft-clamped, zero-sum log-scales.
 
@@ -113,7 +73,8 @@ class GINCoupling(nn.Module):
         Number of features (at least 2).
     subnet_constructor : callable, optional
         ``subnet_constructor(in_features, out_features) -> nn.Module``. Defaults to
-        :func:`make_subnet` with ``hidden_features`` and ``n_hidden_layers``.
+        a ReLU :class:`~skfff._torch.networks.MLP` with ``n_hidden_layers`` layers of width
+        ``hidden_features``.
     hidden_features : int, default=10
         Width of the default subnetworks.
     n_hidden_layers : int, default=2
@@ -148,7 +109,8 @@ class GINCoupling(nn.Module):
         if subnet_constructor is None:
 
             def subnet_constructor(i: int, o: int) -> nn.Module:
-                return make_subnet(i, o, hidden_features, n_hidden_layers, zero_init=zero_init)
+                hidden = [hidden_features] * n_hidden_layers
+                return MLP(i, o, hidden, activation=nn.ReLU, zero_init=zero_init)
 
         self.net1 = subnet_constructor(self.n1, 2 * self.n2)
         self.net2 = subnet_constructor(self.n2, 2 * self.n1)
@@ -240,7 +202,7 @@ class GINFlow(nn.Module):
         Number of coupling blocks.
     subnet_constructor : callable, optional
         ``subnet_constructor(in_features, out_features) -> nn.Module`` for every coupling;
-        defaults to :func:`make_subnet`.
+        defaults to a ReLU :class:`~skfff._torch.networks.MLP`.
     hidden_features : int, default=10
         Width of the default subnetworks.
     n_hidden_layers : int, default=2
@@ -257,7 +219,7 @@ class GINFlow(nn.Module):
     Examples
     --------
     >>> import torch
-    >>> from skfff._torch.coupling import GINFlow
+    >>> from skfff._torch.gin import GINFlow
     >>> flow = GINFlow(4, n_blocks=2, zero_init=False)
     >>> x = torch.randn(3, 4)
     >>> z, log_det = flow(x)
@@ -352,9 +314,10 @@ class GINTrainingModule(TrainingModule):
 
     @staticmethod
     def _labels(x: Tensor, c: Tensor | None) -> Tensor:
+        """Integer class labels of the batch (all zero without labels)."""
         if c is None:
             return torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        return c.reshape(x.shape[0], -1)[:, 0].round().long()
+        return c.reshape(x.shape[0]).long()
 
     def training_loss(self, x: Tensor, c: Tensor | None = None) -> Tensor:
         """Batch NLL per dimension with empirical class statistics (scalar)."""
