@@ -45,6 +45,7 @@ from skorch.callbacks import Callback, EarlyStopping, GradientNormClipping, LRSc
 from skorch.dataset import Dataset, ValidSplit
 from skorch.utils import to_tensor
 
+from ._distributed import all_ranks, sharded_fit, shared_seed, training_loss
 from ._torch.module import TrainingModule
 
 __all__ = ["BaseTorchEstimator", "TrainingModule", "fit_scaling", "resolve_device"]
@@ -65,6 +66,18 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={str(device)!r} was asked for, but CUDA is not available")
     return device
+
+
+def _same_param(a: Any, b: Any) -> bool:
+    """Whether two parameter values are the same (modules by identity)."""
+    if a is b:
+        return True
+    if isinstance(a, torch.nn.Module) or isinstance(b, torch.nn.Module):
+        return False
+    try:
+        return bool(np.all(np.asarray(a, dtype=object) == np.asarray(b, dtype=object)))
+    except (TypeError, ValueError):
+        return repr(a) == repr(b)
 
 
 def _silent(*args: Any, **kwargs: Any) -> None:
@@ -95,21 +108,83 @@ def _batch_collate(batch: Any) -> Any:
     return batch
 
 
+class _StopTraining(Exception):
+    """Raised by our callbacks to end training (skorch stops on ``KeyboardInterrupt``)."""
+
+
+class _EarlyStopping(EarlyStopping):
+    """skorch's early stopping, ending training with :class:`_StopTraining`."""
+
+    def on_epoch_end(self, net: NeuralNet, **kwargs: Any) -> None:
+        try:
+            super().on_epoch_end(net, **kwargs)
+        except KeyboardInterrupt:
+            raise _StopTraining from None
+
+    def on_train_end(self, net: NeuralNet, **kwargs: Any) -> None:
+        super().on_train_end(net, **kwargs)
+        self.best_model_weights_ = None  # not pickled with the fitted estimator
+
+
 class _SurrogateNet(NeuralNet):
-    """skorch net whose steps call the module's own training and validation losses."""
+    """skorch net whose steps call the module's own training and validation losses.
+
+    Unlike skorch, a user's ``KeyboardInterrupt`` stops the whole ``fit`` (after the
+    callbacks' ``on_train_end``, which restores the best weights): it is re-raised, so an
+    interrupted fit never looks fitted and ``GridSearchCV`` does not move on.
+    """
+
+    def partial_fit(self, X: Any, y: Any = None, **fit_params: Any) -> _SurrogateNet:
+        if not self.initialized_:
+            self.initialize()
+        fit_params.pop("_routing_method", None)
+        self.notify("on_train_begin", X=X, y=y)
+        try:
+            self.fit_loop(X, y, **fit_params)
+        except _StopTraining:
+            pass
+        except KeyboardInterrupt:
+            self.notify("on_train_end", X=X, y=y)
+            raise
+        self.notify("on_train_end", X=X, y=y)
+        return self
 
     def _batch_tensors(self, batch: Any) -> dict[str, torch.Tensor]:
         Xi = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return to_tensor(Xi, device=self.device)
+        if torch.device(self.device).type != "cuda":
+            return to_tensor(Xi, device=self.device)
+        # pinned host memory lets the copy overlap with the work already queued on the GPU
+        return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in Xi.items()}
 
     def train_step_single(self, batch: Any, **fit_params: Any) -> dict[str, Any]:
         self._set_training(True)
-        loss = self.module_.training_loss(**self._batch_tensors(batch))
-        if torch.isfinite(loss):
-            loss.backward()
-        else:  # skip the update: a non-finite loss must not reach the weights
-            self.history.record_batch("nonfinite", True)
+        loss = training_loss(self.module_)(**self._batch_tensors(batch))
+        loss.backward()  # on every rank of a data-parallel fit, whatever the loss
+        self.history.record_batch("nonfinite", self._skip_if_nonfinite(loss))
         return {"loss": loss.detach(), "y_pred": None}
+
+    def _skip_if_nonfinite(self, loss: torch.Tensor) -> torch.Tensor:
+        """Keep a non-finite loss (or gradient) from reaching the weights; return the flag.
+
+        The decision is taken on the device and agreed by every data-parallel rank. On the
+        CPU the step is then skipped outright (no gradient, so no optimiser update); on a
+        GPU, where reading the flag would stall the host once per batch, the gradients are
+        zeroed on the device instead (a momentum optimiser still takes its momentum step).
+        """
+        grads = [p.grad for p in self.module_.parameters() if p.grad is not None]
+        ok = torch.isfinite(loss.detach())
+        if grads:
+            norms = torch.stack([torch.linalg.vector_norm(g) for g in grads])
+            ok = ok & torch.isfinite(norms).all()
+        ok = all_ranks(ok)
+        if loss.device.type == "cpu":
+            if not ok:
+                for p in self.module_.parameters():
+                    p.grad = None
+        else:
+            for g in grads:
+                g.masked_fill_(~ok, 0.0)
+        return ~ok
 
     def validation_step(self, batch: Any, **fit_params: Any) -> dict[str, Any]:
         self._set_training(False)
@@ -118,8 +193,8 @@ class _SurrogateNet(NeuralNet):
         if isinstance(out, dict):
             loss = out["loss"]
             for key, value in out.items():
-                if key != "loss":
-                    self.history.record_batch(f"valid_{key}", float(value))
+                if key != "loss":  # read at the end of the epoch (run_single_epoch)
+                    self.history.record_batch(f"valid_{key}", torch.as_tensor(value).detach())
         else:
             loss = out
         return {"loss": loss.detach(), "y_pred": None}
@@ -127,9 +202,45 @@ class _SurrogateNet(NeuralNet):
     def get_loss(self, *args: Any, **kwargs: Any) -> torch.Tensor:  # pragma: no cover
         raise RuntimeError("skfff nets compute their loss in the module")
 
+    def run_single_epoch(
+        self, iterator: Any, training: bool, prefix: str, step_fn: Callable, **fit_params: Any
+    ) -> None:
+        """skorch's pass over the batches, reading the losses back once per epoch.
+
+        skorch reads each batch's loss with ``.item()``, which on a GPU makes the host wait
+        for every batch; here the per-batch losses and flags stay tensors until the pass
+        ends and are then copied to the history in one transfer.
+        """
+        if iterator is None:
+            return
+        rows = []
+        for batch in iterator:
+            self.notify("on_batch_begin", batch=batch, training=training)
+            step = step_fn(batch, **fit_params)
+            self.history.record_batch(f"{prefix}_loss", step["loss"])
+            Xi = batch[0] if isinstance(batch, (tuple, list)) else batch
+            self.history.record_batch(f"{prefix}_batch_size", len(next(iter(Xi.values()))))
+            self.notify("on_batch_end", batch=batch, training=training, **step)
+            rows.append(self.history[-1]["batches"][-1])
+        self.history.record(f"{prefix}_batch_count", len(rows))
+        pending = [(row, k, v) for row in rows for k, v in row.items() if torch.is_tensor(v)]
+        if pending:
+            device = pending[0][2].device
+            values = torch.stack(
+                [v.reshape(()).to(device, torch.float64) for _, _, v in pending]
+            ).tolist()
+            for (row, key, tensor), value in zip(pending, values, strict=True):
+                row[key] = bool(value) if tensor.dtype == torch.bool else value
+
+
+#: Training stops as diverged when more than this fraction of an epoch's batches had a
+#: non-finite loss (they are skipped either way).
+MAX_NONFINITE_FRACTION = 0.5
+
 
 class _EpochMetrics(Callback):
-    """Average extra per-batch validation metrics into the epoch row, and stop on NaN."""
+    """Average extra per-batch validation metrics into the epoch row; count non-finite
+    training batches (``n_nonfinite``) and stop as diverged when too many were."""
 
     def on_epoch_end(self, net: NeuralNet, **kwargs: Any) -> None:
         row = net.history[-1]
@@ -142,9 +253,11 @@ class _EpochMetrics(Callback):
             vals = np.array([b[key] for b in valid], dtype=float)
             net.history.record(key, float(np.sum(vals * sizes) / np.sum(sizes)))
         train = [b for b in batches if "train_loss" in b]
-        if train and all(b.get("nonfinite", False) for b in train):
+        n_bad = sum(bool(b.get("nonfinite", False)) for b in train)
+        net.history.record("n_nonfinite", n_bad)
+        if train and n_bad > MAX_NONFINITE_FRACTION * len(train):
             net.history.record("diverged", True)
-            raise KeyboardInterrupt  # skorch's way to stop training cleanly
+            raise _StopTraining
 
 
 class _ProgressBar(Callback):
@@ -177,7 +290,12 @@ _TRAINING_PARAMETERS: dict[str, tuple[str, str]] = {
         "int",
         "Maximum number of passes over the training data (the cosine schedule spans them).",
     ),
-    "batch_size": ("int", "Mini-batch size (capped at the number of training rows)."),
+    "batch_size": (
+        'int or "auto"',
+        "Mini-batch size (capped at the number of training rows). ``\"auto\"``: an eighth of "
+        "the training rows, between 32 and 256, so that small data sets still get enough "
+        "optimiser steps.",
+    ),
     "weight_decay": ("float", "Weight decay passed to the optimiser."),
     "optimizer": (
         '{"adam", "adamw", "sgd", "rmsprop"} or torch optimiser class',
@@ -259,7 +377,8 @@ def fit_scaling(X: np.ndarray, kind: str | None = "standard") -> tuple[np.ndarra
     kind : {"standard", "global"} or None, default="standard"
         ``"standard"``: per-column mean and standard deviation; ``"global"``: per-column
         mean and one common scale (the root mean squared deviation); ``None``: identity.
-        Constant columns keep scale 1.
+        Constant columns (standard deviation below ``1e-12`` times the mean's magnitude)
+        keep scale 1.
 
     Returns
     -------
@@ -271,8 +390,8 @@ def fit_scaling(X: np.ndarray, kind: str | None = "standard") -> tuple[np.ndarra
     mean = X.mean(axis=0)
     if kind == "standard":
         std = X.std(axis=0)
-        tiny = 1e-12 * max(1.0, float(np.abs(std).max()))
-        return mean, np.where(std > tiny, std, 1.0)
+        constant = std <= 1e-12 * np.maximum(np.abs(mean), np.finfo(np.float64).tiny)
+        return mean, np.where(constant, 1.0, std)
     std = float(np.sqrt(((X - mean) ** 2).sum(axis=1).mean() / n_features))
     return mean, np.full(n_features, std if std > 1e-12 else 1.0)
 
@@ -331,7 +450,7 @@ class BaseTorchEstimator(BaseEstimator):
     _parameter_constraints: dict = {
         "lr": [Interval(numbers.Real, 0, None, closed="neither")],
         "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],
-        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
         "optimizer": [StrOptions(set(_OPTIMIZERS)), type],
         "lr_schedule": [StrOptions({"plateau", "cosine", "constant"})],
@@ -402,16 +521,58 @@ class BaseTorchEstimator(BaseEstimator):
         return resolve_device(self.device)
 
     def _validate_X(self, X: Any, *, reset: bool, **kwargs: Any) -> np.ndarray:
-        """Validate ``X`` with sklearn: 2-D, finite, numeric, at least 2 rows."""
+        """Validate ``X`` with sklearn: 2-D, finite, numeric, at least 2 rows, in range."""
         kwargs.setdefault("ensure_min_samples", 2 if reset else 1)
-        return validate_data(
-            self, X, reset=reset, dtype=[np.float64, np.float32], **kwargs
-        )
+        X = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32], **kwargs)
+        self._check_range(X)
+        return X
+
+    def _standardises_inputs(self) -> bool:
+        """Whether inputs are standardised (in float64) before reaching the networks."""
+        return False
+
+    def _check_range(self, X: np.ndarray) -> None:
+        """Refuse values the float32 networks cannot handle, saying what to do.
+
+        Standardised inputs may span most of the float64 range; raw inputs must keep their
+        squares (reconstruction errors) within float32.
+        """
+        if X.size == 0:
+            return
+        limit = 1e150 if self._standardises_inputs() else 1e15
+        largest = float(np.max(np.abs(X)))
+        if largest > limit:
+            what = ("standardise the inputs (e.g. sklearn's StandardScaler)"
+                    if not self._standardises_inputs() else "rescale the inputs")
+            raise ValueError(
+                f"X has values up to {largest:.3g}, beyond what {type(self).__name__} "
+                f"trains on in float32 (|x| <= {limit:.0e}): {what}."
+            )
+
+    def _check_finite_scores(self, log_p: np.ndarray) -> np.ndarray:
+        """Never return NaN or infinite log-densities silently."""
+        bad = ~np.isfinite(log_p)
+        if np.any(bad):
+            raise FloatingPointError(
+                f"{int(bad.sum())} of {len(log_p)} log-densities are not finite: the "
+                "model's Jacobian is singular (or the points lie far outside the training "
+                "data) there. Refit with a larger beta or more epochs, or check the inputs."
+            )
+        return log_p
 
     def _fit_scaled(self, X: np.ndarray, kind: str | None, *, warm: bool) -> np.ndarray:
         """Fit the inner standardisation (``mean_``, ``scale_``; kept on warm starts), apply it."""
         if not (warm and hasattr(self, "mean_")):
             self.mean_, self.scale_ = fit_scaling(X, kind)
+            constant = np.flatnonzero(np.ptp(X, axis=0) == 0)
+            if kind is not None and len(constant) and len(X) > 1:
+                warnings.warn(
+                    f"{len(constant)} column(s) of X are constant (first: {constant[0]}): a "
+                    "density along them is unbounded, so log-likelihoods are not meaningful. "
+                    "Drop them (e.g. sklearn's VarianceThreshold).",
+                    UserWarning,
+                    stacklevel=4,
+                )
         return (X - self.mean_) / self.scale_
 
     def _scaled(self, X: Any) -> np.ndarray:
@@ -465,7 +626,7 @@ class BaseTorchEstimator(BaseEstimator):
         module.eval()
         first = next(a for a in arrays if a is not None)
         n = first.shape[0]
-        bs = batch_size or max(self.batch_size, 1024)
+        bs = batch_size or 1024
         out = []
         try:
             with torch.no_grad():
@@ -473,7 +634,10 @@ class BaseTorchEstimator(BaseEstimator):
                     batch = [
                         None
                         if a is None
-                        else torch.as_tensor(a[start : start + bs], dtype=torch.float32).to(
+                        else a[start : start + bs].to(device, torch.float32)
+                        if torch.is_tensor(a)
+                        # a copy: torch refuses to wrap read-only arrays (pandas, memmaps)
+                        else torch.from_numpy(np.array(a[start : start + bs], np.float32)).to(
                             device
                         )
                         for a in arrays
@@ -510,14 +674,15 @@ class BaseTorchEstimator(BaseEstimator):
         elif self.lr_schedule == "cosine":
             cbs.append((
                 "lr_schedule",
-                LRScheduler(
-                    policy="CosineAnnealingLR", T_max=self.max_epochs, eta_min=0.01 * self.lr
+                LRScheduler(  # last_epoch=-1: a warm refit anneals anew over max_epochs
+                    policy="CosineAnnealingLR", T_max=self.max_epochs, eta_min=0.01 * self.lr,
+                    last_epoch=-1,
                 ),
             ))
         if self.early_stopping and has_valid:
             cbs.append((
                 "early_stopping",
-                EarlyStopping(
+                _EarlyStopping(
                     monitor="valid_loss",
                     patience=self.patience,
                     threshold=1e-3,
@@ -552,64 +717,151 @@ class BaseTorchEstimator(BaseEstimator):
         n = X.shape[0]
         n_valid = math.ceil(self.validation_fraction * n) if self.validation_fraction else 0
         has_valid = 0 < n_valid < n
-        seed = self._seed()
+        warm = self._warm()
+        previous = self.net_ if warm else None
+        if warm:
+            self._check_warm_start(X.shape[1], n_conditions)
+        # a warm refit draws fresh batches and probes: the seed moves on with the epochs
+        seed = (self._seed() + (len(previous.history) if warm else 0)) % np.iinfo(np.int32).max
+        seed = shared_seed(seed)  # rank 0's in a data-parallel fit (skfff.data_parallel)
         device = resolve_device(self.device)
         fork_devices = []
         if device.type == "cuda":  # the generator of the device actually used
             fork_devices = [torch.cuda.current_device() if device.index is None else device.index]
         with torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(seed)
-            warm = self._warm() and self._train_shape == (X.shape[1], n_conditions)
+            module = self._build_module(X, data.get("c"))
+            net = _SurrogateNet(
+                module=module,
+                criterion=_NoCriterion,
+                optimizer=self._optimizer_class(),
+                optimizer__weight_decay=self.weight_decay,
+                lr=self.lr,
+                max_epochs=self.max_epochs,
+                batch_size=self._batch_size(n - n_valid),
+                iterator_train__shuffle=True,
+                iterator_train__collate_fn=_batch_collate,
+                iterator_valid__collate_fn=_batch_collate,
+                dataset=_ArrayDataset,
+                train_split=(
+                    ValidSplit(cv=n_valid / n, stratified=False, random_state=seed)
+                    if has_valid
+                    else None
+                ),
+                callbacks=self._make_callbacks(n - n_valid, has_valid),
+                verbose=1 if self.verbose and self.verbose > 1 else 0,
+                device=str(device),
+            )
+            net.initialize()
             if warm:
-                net = self.net_
-            else:
-                module = self._build_module(X, data.get("c"))
-                net = _SurrogateNet(
-                    module=module,
-                    criterion=_NoCriterion,
-                    optimizer=self._optimizer_class(),
-                    optimizer__weight_decay=self.weight_decay,
-                    lr=self.lr,
-                    max_epochs=self.max_epochs,
-                    batch_size=min(self.batch_size, n - n_valid),
-                    iterator_train__shuffle=True,
-                    iterator_train__collate_fn=_batch_collate,
-                    iterator_valid__collate_fn=_batch_collate,
-                    dataset=_ArrayDataset,
-                    train_split=(
-                        ValidSplit(cv=n_valid / n, stratified=False, random_state=seed)
-                        if has_valid
-                        else None
-                    ),
-                    callbacks=self._make_callbacks(n - n_valid, has_valid),
-                    verbose=1 if self.verbose and self.verbose > 1 else 0,
-                    device=str(device),
-                )
-            with warnings.catch_warnings():
+                self._continue_from(net, previous)
+            with warnings.catch_warnings(), sharded_fit(net, seed):
                 warnings.filterwarnings("ignore", category=UserWarning, module="skorch")
-                net.partial_fit(data, None) if warm else net.fit(data, None)
+                net.partial_fit(data, None)
+        self._lighten(net)
         self.net_ = net
         self._train_shape = (X.shape[1], n_conditions)
+        self._fit_architecture = self._architecture()
         self.history_ = net.history
         self.n_iter_ = len(net.history)
-        self._check_finite_after_training(data)
+        self._check_training(data, n_new_epochs=len(net.history) - (
+            len(previous.history) if warm else 0))
 
-    def _check_finite_after_training(self, data: dict[str, np.ndarray]) -> None:
-        """Raise a clear error when training diverged and nothing usable is left."""
-        idx = slice(0, min(256, data["x"].shape[0]))
-        batch = {k: v[idx] for k, v in data.items()}
-        module = self.module_
-        module.eval()
-        with torch.no_grad():
-            out = module.validation_loss(**to_tensor(batch, device=self._torch_device()))
-        loss = out["loss"] if isinstance(out, dict) else out
-        if not torch.isfinite(loss):
-            del self.net_
-            raise FloatingPointError(
-                f"{type(self).__name__} training diverged: the loss became non-finite and no "
-                "finite checkpoint was left. Try a smaller lr, a larger beta, or "
-                "standardised inputs."
+    def _lighten(self, net: NeuralNet) -> None:
+        """Keep what only training needs out of the fitted estimator (and its pickles):
+        the module passed to skorch (a second reference to ``module_``), the LR
+        scheduler's hold on the optimiser, and, unless ``warm_start`` asks for a resumable
+        model, the optimiser's moments."""
+        net.module = type(net.module_)
+        for _, callback in net.callbacks_:
+            if hasattr(callback, "lr_scheduler_"):
+                callback.lr_scheduler_ = None
+        if not self.warm_start:
+            net.optimizer_.state.clear()
+
+    def _batch_size(self, n_train: int) -> int:
+        """The training batch size for ``n_train`` rows (``batch_size="auto"`` resolved)."""
+        if self.batch_size == "auto":
+            return min(int(np.clip(n_train // 8, 32, 256)), n_train)
+        return min(self.batch_size, n_train)
+
+    #: Parameters that shape the networks: a warm refit cannot change them.
+    _architecture_params: tuple[str, ...] = ()
+
+    def _architecture(self) -> dict[str, Any]:
+        return {p: getattr(self, p) for p in self._architecture_params}
+
+    def _check_warm_start(self, n_features: int, n_conditions: int) -> None:
+        """A warm refit must keep the data's shape and the architecture."""
+        if self._train_shape != (n_features, n_conditions):
+            raise ValueError(
+                f"warm_start=True: the model was fitted on {self._train_shape[0]} features and "
+                f"{self._train_shape[1]} condition columns, this fit has {n_features} and "
+                f"{n_conditions}; refit with warm_start=False."
             )
+        old, new = self._fit_architecture, self._architecture()
+        changed = [p for p in old if not _same_param(old[p], new[p])]
+        if changed:
+            raise ValueError(
+                f"warm_start=True cannot change the architecture: {', '.join(changed)} "
+                "changed since the last fit; refit with warm_start=False."
+            )
+
+    def _continue_from(self, net: NeuralNet, previous: NeuralNet) -> None:
+        """Start ``net`` (built with the current parameters) where ``previous`` ended: its
+        weights, its optimiser moments (at the current ``lr``) and its history."""
+        net.module_.load_state_dict(previous.module_.state_dict())
+        if type(net.optimizer_) is type(previous.optimizer_):
+            net.optimizer_.load_state_dict(previous.optimizer_.state_dict())
+            for group in net.optimizer_.param_groups:
+                group["lr"], group["weight_decay"] = self.lr, self.weight_decay
+        net.history_ = previous.history_
+
+    def _check_training(self, data: dict[str, np.ndarray], n_new_epochs: int) -> None:
+        """Warn about skipped non-finite batches; raise a clear error on divergence.
+
+        The kept weights are checked on the whole validation split (its loss is in the
+        history), or on training rows when there is no validation split.
+        """
+        history = self.history_[-n_new_epochs:] if n_new_epochs else []
+        skipped = sum(int(row.get("n_nonfinite", 0)) for row in history)
+        advice = "Try a smaller lr, a max_grad_norm, or inputs on a smaller scale."
+        if any(row.get("diverged", False) for row in history):
+            raise FloatingPointError(
+                f"{type(self).__name__} training diverged: more than "
+                f"{MAX_NONFINITE_FRACTION:.0%} of an epoch's batches had a non-finite loss "
+                f"(epoch {len(self.history_)}). The best weights so far are kept in net_. "
+                + advice
+            )
+        if skipped:
+            warnings.warn(
+                f"{skipped} training batches had a non-finite loss and were skipped. " + advice,
+                UserWarning,
+                stacklevel=4,
+            )
+        if history and "valid_loss" in history[-1]:
+            losses = [row["valid_loss"] for row in history]
+            kept = np.nanmin(losses) if self.early_stopping else losses[-1]
+        else:
+            kept = self._mean_validation_loss({k: v[:4096] for k, v in data.items()})
+        if not np.isfinite(kept):
+            raise FloatingPointError(
+                f"{type(self).__name__} training diverged: the validation loss of the kept "
+                "weights is not finite. " + advice
+            )
+
+    def _mean_validation_loss(self, data: dict[str, np.ndarray]) -> float:
+        """The module's validation loss on ``data``, averaged over batches."""
+        module, device = self.module_, self._torch_device()
+        module.eval()
+        total, n = 0.0, data["x"].shape[0]
+        with torch.no_grad():
+            for start in range(0, n, 1024):
+                batch = {k: v[start : start + 1024] for k, v in data.items()}
+                out = module.validation_loss(**to_tensor(batch, device=device))
+                loss = out["loss"] if isinstance(out, dict) else out
+                total += float(loss) * batch["x"].shape[0]
+        return total / n
 
     def __sklearn_tags__(self):  # noqa: D105
         tags = super().__sklearn_tags__()

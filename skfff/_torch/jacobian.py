@@ -9,7 +9,7 @@ memory stays bounded for dimensions in the hundreds. ``torch.func`` ignores an o
 - :func:`jacobian_on_basis`: ``J_fn(x) @ B`` for a basis ``B`` (the identity, or orthonormal
   tangent bases of a manifold), one batched jvp per column.
 - :func:`batch_jacobian`: full Jacobians in forward or reverse mode (the cheaper one).
-- :func:`logabsdet`: ``log|det M|`` of square matrices (float64 QR).
+- :func:`logabsdet`: ``log|det M|`` of square matrices (QR, float64 where float64 is fast).
 - :func:`half_log_det_gram`: ``1/2 log det(J^T S^2 J)`` of tall (injective) Jacobians.
 - :func:`log_abs_det_jacobian`: ``log|det J_fn(x)|`` of a dimension-preserving map.
 """
@@ -17,6 +17,7 @@ memory stays bounded for dimensions in the hundreds. ``torch.func`` ignores an o
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 
 import torch
 from torch.func import jacfwd, jacrev, jvp, vmap
@@ -29,6 +30,7 @@ __all__ = [
     "jacobian_on_basis",
     "log_abs_det_jacobian",
     "logabsdet",
+    "qr_dtype",
 ]
 
 BatchFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -162,8 +164,34 @@ def batch_jacobian(
     return torch.cat(parts, dim=0)
 
 
-def logabsdet(matrices: torch.Tensor) -> torch.Tensor:
-    """``log |det M|`` of a batch of square matrices, from a float64 QR decomposition.
+#: CUDA compute capabilities running float64 at half the float32 rate: P100, V100, A100,
+#: H100/H200, B200. Consumer and most inference GPUs run it at 1/32 to 1/64 of float32.
+_FAST_FLOAT64 = frozenset({(6, 0), (7, 0), (8, 0), (9, 0), (10, 0)})
+
+
+@cache
+def _cuda_qr_dtype(index: int) -> torch.dtype:
+    fast = torch.cuda.get_device_capability(index) in _FAST_FLOAT64
+    return torch.float64 if fast else torch.float32
+
+
+def qr_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of the QR behind the exact log-determinants on ``device``.
+
+    float64 on the CPU and on GPUs with fast float64 (:data:`_FAST_FLOAT64`); float32 on
+    the others, where float64 would cost 32-64x. Measured on the CPU against the float64
+    QR of the same float32 matrices (batches of random matrices with singular values spread
+    over 2 or 4 decades, D = 2 to 256, square and tall): the float32 log-determinant is off
+    by at most 1e-4 nats (condition number 1e2) and 3e-4 nats (1e4), medians 1e-7 to 1e-4 —
+    far below the sampling noise of any held-out log-likelihood.
+    """
+    if device.type != "cuda":
+        return torch.float64
+    return _cuda_qr_dtype(torch.cuda.current_device() if device.index is None else device.index)
+
+
+def logabsdet(matrices: torch.Tensor, *, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``log |det M|`` of a batch of square matrices, from a QR decomposition.
 
     Not ``torch.linalg.slogdet``: its batched LU (MKL on CPU, multi-threaded) returns wrong
     values for matrices of size 200 and more on some machines (we measured errors of 0.9
@@ -173,17 +201,21 @@ def logabsdet(matrices: torch.Tensor) -> torch.Tensor:
     Parameters
     ----------
     matrices : Tensor of shape (..., n, n)
+    dtype : torch.dtype or None, default=None
+        dtype of the QR; ``None`` takes :func:`qr_dtype` of the matrices' device.
 
     Returns
     -------
     Tensor of shape (...)
         In the dtype of ``matrices``.
     """
-    return half_log_det_gram(matrices)
+    return half_log_det_gram(matrices, dtype=dtype)
 
 
-def half_log_det_gram(jac: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-    """``1/2 log det(J^T S^2 J)`` per sample, from a float64 QR decomposition of ``S J``.
+def half_log_det_gram(
+    jac: torch.Tensor, scale: torch.Tensor | None = None, *, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """``1/2 log det(J^T S^2 J)`` per sample, from a QR decomposition of ``S J``.
 
     For a square ``J`` (and no scale) this is ``log|det J|``; for a tall ``J`` of an
     injective map ``R^d -> R^D`` it is the log volume change onto the ``d``-dimensional image.
@@ -195,15 +227,19 @@ def half_log_det_gram(jac: torch.Tensor, scale: torch.Tensor | None = None) -> t
     scale : Tensor of shape (D,), optional
         Per-output scale ``S = diag(scale)`` applied after the map (e.g. un-standardising
         the data), so the result is the volume change of ``x = scale * g(z) + mean``.
+    dtype : torch.dtype or None, default=None
+        dtype of the QR; ``None`` takes :func:`qr_dtype` of ``jac``'s device: float64 on
+        the CPU and on GPUs with fast float64, float32 (error below 3e-4 nats) elsewhere.
 
     Returns
     -------
     Tensor of shape (...)
         In the dtype of ``jac``.
     """
-    j = jac.double()
+    dtype = qr_dtype(jac.device) if dtype is None else dtype
+    j = jac.to(dtype)
     if scale is not None:
-        j = j * scale.double().reshape(-1, 1)
+        j = j * scale.to(dtype).reshape(-1, 1)
     mode = "reduced" if torch.is_grad_enabled() and j.requires_grad else "r"
     r = torch.linalg.qr(j, mode=mode)[1]
     return torch.log(torch.diagonal(r, dim1=-2, dim2=-1).abs()).sum(-1).to(jac.dtype)
