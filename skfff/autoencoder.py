@@ -131,6 +131,10 @@ class MLAutoencoder(
     array(['mlautoencoder0'], dtype=object)
     """
 
+    _architecture_params = (
+        "n_components", "hidden_features", "n_blocks", "encoder", "decoder", "scaling",
+    )
+
     _parameter_constraints: dict = {
         **BaseTorchEstimator._parameter_constraints,
         "n_components": [Interval(numbers.Integral, 1, None, closed="left")],
@@ -187,6 +191,9 @@ class MLAutoencoder(
         self.scaling = scaling
 
     # ------------------------------------------------------------------ hooks
+    def _standardises_inputs(self) -> bool:
+        return self.scaling is not None
+
     def _fit_inputs(self, X: Any, y: Any, *, warm: bool) -> tuple[np.ndarray, None]:
         X = self._validate_X(X, reset=not warm)
         if self.n_components >= X.shape[1]:
@@ -280,12 +287,9 @@ class MLAutoencoder(
         Xs = self._scaled(X)
         module = self.module_
         scale = torch.as_tensor(self.scale_, dtype=torch.float32, device=self._torch_device())
-        log_p = self._map_batches(lambda x: module.log_prob(x, scale=scale), Xs)
-        if not np.all(np.isfinite(log_p)):
-            raise FloatingPointError(
-                "non-finite log-density: the decoder's Jacobian is singular at some points"
-            )
-        return log_p
+        return self._check_finite_scores(
+            self._map_batches(lambda x: module.log_prob(x, scale=scale), Xs)
+        )
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean manifold log-density of ``X`` (see :meth:`score_samples`).
