@@ -1,29 +1,38 @@
-"""Benchmark FermatDistance: accuracy against an exact ground truth, and cost of full matrices.
+"""Benchmark FermatDistance: accuracy over all pairs, cost, relaxation speed and clustering.
 
-Accuracy. Data: ``n`` samples of N(0, I_D). For two points on one ray from the mode the
-Fermat distance with ``beta = 1/D`` is known exactly: ``integral_{r1}^{r2} p(r)^(-beta) dr``.
-We place pairs on random rays around the typical radius ``sqrt(D)`` (``gap`` apart), add them
-to the sample, and compare
+Accuracy. Data: ``n`` samples of N(0, I_D) plus pairs placed on random rays around the
+typical radius ``sqrt(D)`` (2 and 4 apart). For two points on one ray the Fermat distance
+with ``beta = 1/D`` is known exactly, ``integral_{r1}^{r2} p(r)^(-beta) dr``. The pairs are
+part of the training set and their distances are read from the full matrix
+``pairwise()`` (all pairs computed the same way). With the true density and score:
 
-* ``relaxed`` : FermatDistance, true density, true score (graph paths relaxed);
-* ``relaxed-dsm`` : the same with the score learnt by denoising score matching;
-* ``graph`` : FermatDistance with ``relax=False`` (Dijkstra on the density-weighted graph);
-* ``fermat-pkg`` : the ``fermat`` package (Groisman, Jonckheere, Sapienza: sum of hop lengths
-  to the power ``alpha = 1 + beta D = 2``, Dijkstra on its k-NN graph);
-* ``euclidean`` : straight-line distance.
+* ``graph``: Dijkstra on the k-NN graph (``relax=False``, the default k = 15);
+* ``graph k=30``: a longer-range graph (straight edges), the "relax the edges of a longer
+  range graph" candidate (edges this short are already geodesic to < 1 %);
+* ``calibrated``: the default ``relax="auto"``: ``n_calibration_pairs = 1024`` graph paths
+  relaxed at fit, graph lengths corrected by their straightness (O(1) relaxations);
+* ``relaxed``: every ray pair relaxed on its own (``relax=True``: what relaxing every pair
+  would give);
+* ``fermat-pkg``: the ``fermat`` package (sample Fermat distance, alpha = 2; after the best
+  single scale) and ``euclidean`` (after the best scale).
 
-The sample Fermat distance and the Euclidean distance only match the truth up to a constant,
-so every method is also scored after the best single scale factor (``scaled``: median of
-truth / estimate). Figures: median relative error in percent.
+A second check, not limited to rays: calibrated against relaxed distances on 300 random
+pairs of the same data (median relative difference).
 
-Cost. Full training matrix (``pairwise()``) at n = 1 000 and 5 000 (and 20 000 with
-``--full``) in D = 2 with the exact density: wall time and peak traced memory for the graph
-estimate (1 and 2 jobs), the ``fermat`` package at equal n, and the relaxed matrix at
-n = 1 000.
+Cost: fit + full matrix at n = 1 000 / 5 000 (``--n-cost`` for more) in 2-D with the true
+density: seconds and peak traced memory, calibrated and graph-only, beside the ``fermat``
+package. Speed: the issue's new-user case, FreeFormFlow density on 500 two-moons points,
+then ``pairwise`` of 60 of them (1 770 relaxed pairs). Clustering: ARI of DBSCAN (best eps
+on a grid, for every metric alike), HDBSCAN and average linkage on moons, circles and a 10-D
+set of two curved clusters, Fermat (default density) against Euclidean.
 
-Run (a few minutes on 2 cores)::
+Times are CPU seconds of this (single-threaded) process, ``time.process_time``: on a shared
+machine they are what an idle core would take, where wall time is not.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_fermat.py [--full]
+Run (about 10 minutes on an idle 2-core machine)::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_fermat.py [--n 10000] [--dims 2 5 10]
+        [--n-cost 1000 5000 20000] [--sections accuracy cost speed clustering]
 """
 
 from __future__ import annotations
@@ -36,7 +45,9 @@ import warnings
 import numpy as np
 import torch
 from scipy.integrate import quad
-from sklearn.metrics import pairwise_distances
+from sklearn.cluster import DBSCAN, HDBSCAN, AgglomerativeClustering
+from sklearn.datasets import make_circles, make_moons
+from sklearn.metrics import adjusted_rand_score, pairwise_distances
 
 from skfff.fermat import FermatDistance
 
@@ -76,111 +87,188 @@ def ray_pairs(dim: int, n_pairs: int, gap: float, rng: np.random.Generator):
     return r1[:, None] * u, r2[:, None] * u, truth
 
 
-def errors(est: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    raw = 100 * np.median(np.abs(est / truth - 1))
-    c = np.median(truth / est)
-    return raw, 100 * np.median(np.abs(c * est / truth - 1))
-
-
-def accuracy(dims, n, n_pairs, gaps, k, seed):
-    print(f"\n== accuracy: N(0, I_D), n = {n}, {n_pairs} ray pairs, k = {k}")
-    print("median relative error in % (raw / after best scale); time in s")
-    header = f"{'D':>3} {'gap':>4} | " + " | ".join(
-        f"{m:>18}" for m in ["relaxed", "relaxed-dsm", "graph", "fermat-pkg", "euclidean"]
-    )
-    print(header)
-    print("-" * len(header))
-    for dim in dims:
-        for gap in gaps:
-            rng = np.random.default_rng(seed)
-            X = rng.normal(size=(n, dim))
-            A, B, truth = ray_pairs(dim, n_pairs, gap, rng)
-            Xall = np.vstack([X, A, B])
-            ia, ib = n + np.arange(n_pairs), n + n_pairs + np.arange(n_pairs)
-            g = StandardNormal(dim)
-            cells = []
-            for kind in ["relaxed", "relaxed-dsm", "graph"]:
-                fd = FermatDistance(
-                    density=g,
-                    prefit=True,
-                    n_neighbors=k,
-                    relax=kind != "graph",
-                    score_function="dsm" if kind == "relaxed-dsm" else g.grad,
-                    random_state=seed,
-                )
-                t0 = time.perf_counter()
-                fd.fit(Xall)
-                est = np.array([fd(Xall[i], Xall[j]) for i, j in zip(ia, ib, strict=True)])
-                dt = time.perf_counter() - t0
-                raw, scaled = errors(est, truth)
-                cells.append(f"{raw:5.1f} /{scaled:5.1f} {dt:5.1f}s")
-            if Fermat is not None:
-                t0 = time.perf_counter()
-                E = pairwise_distances(Xall)
-                f = Fermat(alpha=2.0, path_method="D", k=k + 1).fit(E)
-                est = np.array([f.get_distance(i, j) for i, j in zip(ia, ib, strict=True)])
-                dt = time.perf_counter() - t0
-                raw, scaled = errors(est, truth)
-                cells.append(f"{'--':>5} /{scaled:5.1f} {dt:5.1f}s")
-            else:
-                cells.append(f"{'n/a':>18}")
-            raw, scaled = errors(np.linalg.norm(A - B, axis=1), truth)
-            cells.append(f"{'--':>5} /{scaled:5.1f} {0.0:5.1f}s")
-            print(f"{dim:>3} {gap:>4} | " + " | ".join(f"{c:>18}" for c in cells), flush=True)
+def rel_err(est: np.ndarray, truth: np.ndarray, scaled: bool = False) -> float:
+    c = np.median(truth / est) if scaled else 1.0
+    return 100 * float(np.median(np.abs(c * est / truth - 1)))
 
 
 def measure(fn):
     tracemalloc.start()
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     out = fn()
-    dt = time.perf_counter() - t0
+    dt = time.process_time() - t0
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return out, dt, peak / 2**20
 
 
-def cost(sizes, k, seed):
-    print(f"\n== cost of the full training matrix, D = 2, k = {k} (time s / peak traced MiB)")
-    print(f"{'n':>6} | {'graph 1 job':>16} | {'graph 2 jobs':>16} | {'fermat-pkg':>16} | relaxed")
+def ray_data(dim: int, n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    A, B, truth = [], [], []
+    for gap in (2.0, 4.0):
+        a, b, t = ray_pairs(dim, 25, gap, rng)
+        A.append(a)
+        B.append(b)
+        truth.append(t)
+    A, B, truth = np.vstack(A), np.vstack(B), np.concatenate(truth)
+    X = np.vstack([rng.normal(size=(n, dim)), A, B])
+    ia, ib = n + np.arange(len(A)), n + len(A) + np.arange(len(A))
+    return X, ia, ib, truth
+
+
+def accuracy(dims, n, seed):
+    print(f"\n== accuracy over all pairs: N(0, I_D), n = {n} (+100 ray points), true density")
+    print("median relative error on the 50 ray pairs, read from the full matrix, in %;")
+    print("time = fit + pairwise() in s; 'vs relaxed' = calibrated against relaxed distances")
+    print("on 300 random pairs")
+    cols = ["graph", "graph k=30", "calibrated", "relaxed", "fermat-pkg*", "euclid*"]
+    print(f"{'D':>3} | " + " | ".join(f"{c:>14}" for c in cols) + " | vs relaxed")
+    for dim in dims:
+        X, ia, ib, truth = ray_data(dim, n, seed)
+        g = StandardNormal(dim)
+        cells = []
+        for kind in ["graph", "graph k=30", "calibrated"]:
+            fd = FermatDistance(
+                density=g,
+                prefit=True,
+                score_function=g.grad,
+                n_neighbors=30 if kind == "graph k=30" else 15,
+                relax=kind == "calibrated" and "auto",
+                random_state=seed,
+            )
+            M, dt, mem = measure(lambda fd=fd, X=X: fd.fit(X).pairwise())
+            cells.append(f"{rel_err(M[ia, ib], truth):5.1f} {dt:6.1f}s")
+            if kind == "calibrated":
+                rng = np.random.default_rng(seed + 1)
+                i, j = rng.integers(0, len(X), (2, 300))
+                keep = i != j
+                i, j = i[keep], j[keep]
+                fd.set_params(relax=True)  # relax pair by pair
+                ref = np.array([fd(X[a], X[b]) for a, b in zip(i, j, strict=True)])
+                vs_relaxed = rel_err(M[i, j], ref)
+                relaxed = np.array([fd(X[a], X[b]) for a, b in zip(ia, ib, strict=True)])
+                cells.append(f"{rel_err(relaxed, truth):5.1f} {'':>7}")
+                del M
+        if Fermat is not None and n <= 5000:
+            t0 = time.process_time()
+            f = Fermat(alpha=2.0, path_method="D", k=16).fit(pairwise_distances(X))
+            est = np.array([f.get_distance(a, b) for a, b in zip(ia, ib, strict=True)])
+            cells.append(f"{rel_err(est, truth, True):5.1f} {time.process_time() - t0:6.1f}s")
+        else:
+            cells.append(f"{'skipped':>14}")
+        eu = np.linalg.norm(X[ia] - X[ib], axis=1)
+        cells.append(f"{rel_err(eu, truth, True):5.1f} {'':>7}")
+        print(f"{dim:>3} | " + " | ".join(cells) + f" | {vs_relaxed:5.1f}", flush=True)
+    print("* after the best single scale factor (these estimate the distance up to a constant)")
+
+
+def cost(sizes, seed):
+    print("\n== cost, D = 2, true density: fit + pairwise() (s / peak traced MiB)")
+    print(f"{'n':>6} | {'graph':>14} | {'calibrated':>14} | {'fermat-pkg':>14}")
     g = StandardNormal(2)
     for n in sizes:
         X = np.random.default_rng(seed).normal(size=(n, 2))
         cells = []
-        for n_jobs in [None, 2]:
-            fd = FermatDistance(density=g, prefit=True, n_neighbors=k, relax=False, n_jobs=n_jobs)
+        for relax in [False, "auto"]:
+            fd = FermatDistance(density=g, prefit=True, score_function=g.grad, relax=relax)
             _, dt, mem = measure(lambda fd=fd, X=X: fd.fit(X).pairwise())
-            cells.append(f"{dt:7.1f} /{mem:7.0f}")
+            cells.append(f"{dt:6.1f} /{mem:6.0f}")
         if Fermat is not None and n <= 5000:
             _, dt, mem = measure(
                 lambda X=X: (
-                    Fermat(alpha=2.0, path_method="D", k=k + 1)
+                    Fermat(alpha=2.0, path_method="D", k=16)
                     .fit(pairwise_distances(X))
                     .get_distances()
                 )
             )
-            cells.append(f"{dt:7.1f} /{mem:7.0f}")
+            cells.append(f"{dt:6.1f} /{mem:6.0f}")
         else:
-            cells.append(f"{'skipped':>16}")
-        if n <= 1000:
-            fd = FermatDistance(
-                density=g, prefit=True, n_neighbors=k, relax=True, score_function=g.grad
+            cells.append(f"{'skipped':>14}")
+        print(f"{n:>6} | " + " | ".join(cells), flush=True)
+
+
+def speed(seed):
+    print("\n== speed, default density (FreeFormFlow) on 500 two-moons points")
+    X, _ = make_moons(500, noise=0.05, random_state=seed)
+    t0 = time.process_time()
+    fd = FermatDistance(random_state=seed).fit(X)
+    t_fit = time.process_time() - t0
+    t0 = time.process_time()
+    fd.set_params(relax=True).pairwise(X[:60])
+    t_60 = time.process_time() - t0
+    fd.set_params(relax="auto")
+    t0 = time.process_time()
+    fd.pairwise()
+    t_all = time.process_time() - t0
+    print(f"fit {t_fit:.1f} s; pairwise of 60 points (1 770 relaxed pairs) {t_60:.1f} s;")
+    print(f"pairwise of all 500 (calibrated) {t_all:.1f} s")
+
+
+def curved_10d(n: int, seed: int):
+    """Two interleaved half circles, bent through 8 more dimensions, randomly rotated."""
+    rng = np.random.default_rng(seed)
+    X2, y = make_moons(n, noise=0.06, random_state=seed)
+    t = np.where(y == 0, np.arctan2(X2[:, 1], X2[:, 0]), np.arctan2(0.5 - X2[:, 1], 1 - X2[:, 0]))
+    freqs = np.arange(1, 9)
+    bend = 0.25 * np.sin(freqs[None, :] * t[:, None] + freqs[None, :])
+    X = np.hstack([X2, bend + 0.03 * rng.normal(size=(n, 8))])
+    Q, _ = np.linalg.qr(rng.normal(size=(10, 10)))
+    return X @ Q, y
+
+
+def clustering(seed):
+    print("\n== clustering ARI: Fermat (default density, beta = 1/D) vs Euclidean")
+    print("DBSCAN: best over 40 eps quantiles and min_samples 5/10 (oracle, same for both)")
+    sets = {
+        "moons": make_moons(500, noise=0.08, random_state=seed),
+        "circles": make_circles(500, noise=0.05, factor=0.5, random_state=seed),
+        "curved 10-D": curved_10d(500, seed),
+    }
+    print(f"{'data':>12} | {'metric':>9} | {'DBSCAN':>6} | {'HDBSCAN':>7} | {'average':>7} | s")
+    for name, (X, y) in sets.items():
+        t0 = time.process_time()
+        F = FermatDistance(random_state=seed).fit_transform(X)
+        dt = time.process_time() - t0
+        for metric, M in [("fermat", F), ("euclidean", pairwise_distances(X))]:
+            tri = M[np.triu_indices_from(M, 1)]
+            best = 0.0
+            for q in np.linspace(0.002, 0.2, 40):
+                for ms in (5, 10):
+                    lab = DBSCAN(eps=np.quantile(tri, q), min_samples=ms, metric="precomputed")
+                    best = max(best, adjusted_rand_score(y, lab.fit_predict(M)))
+            hdb = HDBSCAN(metric="precomputed", min_cluster_size=25, copy=True).fit_predict(M)
+            avg = AgglomerativeClustering(2, metric="precomputed", linkage="average")
+            ari_h = adjusted_rand_score(y, hdb)
+            ari_a = adjusted_rand_score(y, avg.fit_predict(M))
+            s = f"{dt:.0f}" if metric == "fermat" else ""
+            print(
+                f"{name:>12} | {metric:>9} | {best:6.2f} | {ari_h:7.2f} | {ari_a:7.2f} | {s}",
+                flush=True,
             )
-            _, dt, mem = measure(lambda fd=fd, X=X: fd.fit(X).pairwise())
-            cells.append(f"{dt:7.1f} /{mem:7.0f}  ({n * (n - 1) // 2} paths)")
-        else:
-            cells.append("skipped")
-        print(f"{n:>6} | " + " | ".join(cells[:3]) + " | " + cells[3], flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--full", action="store_true", help="also n = 20 000 and more pairs")
+    parser.add_argument("--n", type=int, default=2000, help="sample size of the accuracy runs")
+    parser.add_argument("--dims", type=int, nargs="+", default=[2, 5, 10])
+    parser.add_argument("--n-cost", type=int, nargs="+", default=[1000, 5000])
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        default=["accuracy", "cost", "speed", "clustering"],
+        choices=["accuracy", "cost", "speed", "clustering"],
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", UserWarning)
-    n_pairs = 60 if args.full else 25
-    accuracy([2, 5, 10, 20], n=2000, n_pairs=n_pairs, gaps=[2.0, 4.0], k=10, seed=0)
-    cost([1000, 5000, 20000] if args.full else [1000, 5000], k=10, seed=0)
+    if "accuracy" in args.sections:
+        accuracy(args.dims, args.n, seed=0)
+    if "cost" in args.sections:
+        cost(args.n_cost, seed=0)
+    if "speed" in args.sections:
+        speed(seed=0)
+    if "clustering" in args.sections:
+        clustering(seed=0)
 
 
 if __name__ == "__main__":

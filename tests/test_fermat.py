@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -108,7 +109,7 @@ def test_relaxation_beats_graph_in_higher_dimension(dim, gap):
     rng = np.random.default_rng(1)
     X = rng.normal(size=(1000, dim))
     A, B, exact = ray_pairs(dim, 15, gap, rng)
-    fd = gaussian_fd(dim, relax=True).fit(X)
+    fd = gaussian_fd(dim, relax=True, n_neighbors=10).fit(X)
     relaxed = np.diag(fd.pairwise(A, B))
     graph = np.diag(fd.set_params(relax=False).pairwise(A, B))
     err_relaxed = np.median(np.abs(relaxed / exact - 1))
@@ -119,6 +120,7 @@ def test_relaxation_beats_graph_in_higher_dimension(dim, gap):
     assert np.all(relaxed >= exact * (1 - 1e-3))
 
 
+@pytest.mark.slow
 def test_dsm_score_model_guides_relaxation():
     torch.manual_seed(0)
     rng = np.random.default_rng(2)
@@ -130,7 +132,7 @@ def test_dsm_score_model_guides_relaxation():
     rel = np.linalg.norm(s + x.numpy(), axis=1) / np.linalg.norm(x.numpy(), axis=1)
     assert np.median(rel) < 0.25  # near the exact score -x (a short fit, a noisy target)
     fd = FermatDistance(
-        density=StandardNormal(3), prefit=True, score_function="dsm", random_state=0
+        density=StandardNormal(3), prefit=True, score_function="dsm", relax=True, random_state=0
     ).fit(X)
     A, B, exact = ray_pairs(3, 8, 2.5, rng)
     assert np.median(np.abs(np.diag(fd.pairwise(A, B)) / exact - 1)) < 0.03
@@ -139,12 +141,54 @@ def test_dsm_score_model_guides_relaxation():
 def test_finite_difference_score_relaxation():
     rng = np.random.default_rng(6)
     X = rng.normal(size=(800, 3))
-    fd = FermatDistance(density=StandardNormal(3), prefit=True, score_function="auto").fit(X)
-    assert fd.score_function_ == "finite_difference" and fd.score_model_ is None
+    fd = FermatDistance(
+        density=StandardNormal(3), prefit=True, score_function="finite_difference", relax=True
+    ).fit(X)
+    assert fd.score_model_ is None and fd.surrogate_ is None
     A, B, exact = ray_pairs(3, 10, 2.5, rng)
     est = np.diag(fd.pairwise(A, B))
     graph = np.diag(fd.set_params(relax=False).pairwise(A, B))
     assert np.median(np.abs(est / exact - 1)) < 0.005 < np.median(np.abs(graph / exact - 1))
+
+
+def test_surrogate_is_the_default_guide_and_matches_the_score():
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(800, 3))
+    fd = FermatDistance(density=StandardNormal(3), prefit=True, random_state=0).fit(X)
+    assert fd.score_function_ == "surrogate" and fd.score_model_ is None
+    x = torch.as_tensor(rng.normal(size=(300, 3)), dtype=torch.float32)
+    value, score = fd.surrogate_.value_and_score(x)
+    exact = StandardNormal(3).score_samples(x.numpy().astype(np.float64))
+    assert np.median(np.abs(value.numpy() - exact)) < 0.05
+    rel = np.linalg.norm(score.numpy() + x.numpy(), axis=1) / np.linalg.norm(x.numpy(), axis=1)
+    assert np.median(rel) < 0.05
+    A, B, truth = ray_pairs(3, 10, 2.5, rng)
+    est = np.diag(fd.set_params(relax=True).pairwise(A, B))  # relaxed one by one
+    graph = np.diag(fd.set_params(relax=False).pairwise(A, B))
+    assert np.median(np.abs(est / truth - 1)) < 0.005 < np.median(np.abs(graph / truth - 1))
+
+
+def test_calibrated_distances_for_all_pairs_5d():
+    # pairs on rays are part of the training set; every pair of the matrix is calibrated
+    rng = np.random.default_rng(8)
+    A, B, truth = ray_pairs(5, 20, 3.0, rng)
+    X = np.vstack([rng.normal(size=(800, 5)), A, B])
+    ia, ib = 800 + np.arange(20), 820 + np.arange(20)
+    fd = gaussian_fd(5, n_neighbors=10, n_calibration_pairs=600, random_state=0).fit(X)
+    cal = fd.calibration_
+    assert np.all(np.diff(cal.ratios) >= 0) and cal.ratios.max() <= 1.0
+    assert cal(np.array([1.0]))[0] > 0.98  # a straight path needs no correction
+    assert cal(np.array([0.5]))[0] < 0.9  # a zig-zag path is shortened
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        D = fd.pairwise()
+    G = fd.set_params(relax=False).pairwise()
+    err_cal = np.median(np.abs(D[ia, ib] / truth - 1))
+    err_graph = np.median(np.abs(G[ia, ib] / truth - 1))
+    assert err_graph > 0.08 and err_cal < 0.04
+    np.testing.assert_array_equal(D, D.T)
+    np.testing.assert_array_equal(np.diag(D), 0.0)
+    assert (D <= G * (1 + 1e-12)).all()
 
 
 def test_step_control_never_lengthens_paths_in_a_stiff_density():
@@ -295,7 +339,7 @@ def test_pipeline_and_callable_metric(moons_fd):
 def test_geodesic_endpoints_length_and_ray():
     rng = np.random.default_rng(4)
     X = rng.normal(size=(800, 2))
-    fd = gaussian_fd(2, n_path_points=24).fit(X)
+    fd = gaussian_fd(2, n_path_points=24, relax=True).fit(X)
     a, b = np.array([0.3, 0.3]), np.array([1.5, 1.5])
     path, length = fd.geodesic(a, b, return_length=True)
     assert path.shape == (24, 2)
@@ -316,12 +360,136 @@ def test_pandas_output(moons_fd):
     assert list(out.columns[:2]) == ["fermatdistance0", "fermatdistance1"]
 
 
-def test_relax_auto_budget_warns_and_falls_back(moons_fd):
+def test_relax_auto_calibrates_every_request_without_warning(moons_fd):
     fd, X = moons_fd
-    fd = fd.set_params(relax="auto", max_relax_pairs=10)
-    with pytest.warns(UserWarning, match="max_relax_pairs"):
-        D = fd.pairwise(X[:10])
-    np.testing.assert_allclose(D, fd.set_params(relax=False).pairwise(X[:10]))
+    fd = clone(fd).set_params(relax="auto").fit(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        D = fd.pairwise(X[:10])  # calibrated graph distances
+    G = fd.set_params(relax=False).pairwise(X[:10])
+    T = fd.set_params(relax="auto").transform(X[:10])[:, :10]
+    np.testing.assert_allclose(D, np.minimum(T, T.T), rtol=1e-10)
+    off = ~np.eye(10, dtype=bool)
+    assert (D[off] <= G[off]).all() and (D[off] < G[off]).any()
+    # the same numbers whatever else is asked in the call (sklearn's subset invariance)
+    full = fd.transform(X[:10])
+    np.testing.assert_allclose(fd.transform(X[3:5]), full[3:5], rtol=1e-12)
+    R = fd.set_params(relax=True).pairwise(X[:10])  # relaxed pair by pair
+    assert np.median(np.abs(D[off] / R[off] - 1)) < 0.05
+
+
+def test_user_density_is_cloned_with_its_random_state():
+    from skfff.flow import FreeFormFlow
+
+    X, _ = make_moons(100, noise=0.05, random_state=0)
+    density = FreeFormFlow(max_epochs=2, hidden_features=8, n_blocks=1, random_state=123)
+    before = density.get_params()
+    fd = FermatDistance(density=density, relax=False, random_state=0).fit(X)
+    assert fd.density_ is not density and fd.density_.random_state == 123
+    assert density.get_params() == before and not hasattr(density, "module_")
+
+
+def test_kneighbors_graph_sparse_and_accepted_by_sklearn():
+    from sklearn.cluster import HDBSCAN
+    from sklearn.manifold import TSNE
+
+    X, y = make_moons(300, noise=0.05, random_state=0)
+    fd = FermatDistance(density=KernelDensity(bandwidth=0.15), beta=1.0, random_state=0)
+    fd.set_params(n_calibration_pairs=200).fit(X)
+    K = fd.kneighbors_graph(n_neighbors=15)
+    assert K.format == "csr" and K.shape == (300, 300) and K.nnz == 300 * 15
+    D = fd.pairwise()  # same (calibrated) distances, dense
+    Dn = D + np.diag(np.full(300, np.inf))
+    expected = np.sort(Dn, axis=1)[:, :15]
+    np.testing.assert_allclose(K.data.reshape(300, 15), expected, rtol=1e-6)
+    np.testing.assert_allclose(
+        np.take_along_axis(D, K.indices.reshape(300, 15), axis=1), expected, rtol=1e-6
+    )
+    assert (K.indices.reshape(300, 15) != np.arange(300)[:, None]).all()
+    # many neighbours: the cut-short Dijkstra runs must widen their search, still exact
+    K = fd.kneighbors_graph(n_neighbors=250)
+    np.testing.assert_allclose(K.data.reshape(300, 250), np.sort(Dn, axis=1)[:, :250], rtol=1e-6)
+    K = fd.kneighbors_graph(n_neighbors=15)
+    labels = DBSCAN(eps=np.quantile(K.data, 0.9), min_samples=5, metric="precomputed").fit(K)
+    assert adjusted_rand_score(y, labels.labels_) > 0.9
+    sym = K.maximum(K.T)  # HDBSCAN wants a symmetric sparse matrix
+    hdb = HDBSCAN(metric="precomputed", min_cluster_size=20, min_samples=5, copy=True).fit(sym)
+    assert adjusted_rand_score(y, hdb.labels_) > 0.9
+    emb = TSNE(
+        metric="precomputed", init="random", perplexity=4, max_iter=250, random_state=0
+    ).fit_transform(K)
+    assert emb.shape == (300, 2) and np.isfinite(emb).all()
+    C = fd.kneighbors_graph(X[:7], n_neighbors=3, mode="connectivity")
+    assert C.shape == (7, 300) and (C.data == 1).all()
+    np.testing.assert_array_equal(C.indices.reshape(7, 3)[:, 0], np.arange(7))  # itself
+    with pytest.raises(ValueError, match="n_neighbors"):
+        fd.kneighbors_graph(n_neighbors=300)
+
+
+def test_pairwise_out_memmap(moons_fd, tmp_path):
+    fd, X = moons_fd
+    fd = fd.set_params(relax="auto")
+    D = fd.pairwise()
+    mm = np.lib.format.open_memmap(tmp_path / "d.npy", mode="w+", dtype=np.float64, shape=D.shape)
+    assert fd.pairwise(out=mm) is mm
+    np.testing.assert_array_equal(np.asarray(mm), D)
+    Z = X[:5] + 0.01
+    out = np.empty((5, 120))
+    fd.pairwise(Z, X, out=out)
+    np.testing.assert_allclose(out, fd.transform(Z))
+    with pytest.raises(ValueError, match="shape"):
+        fd.pairwise(out=np.empty((3, 3)))
+    with pytest.raises(ValueError, match="float64"):
+        fd.pairwise(out=np.empty((120, 120), dtype=np.float32))
+
+
+def test_dask_backend_gives_serial_numbers(moons_fd):
+    distributed = pytest.importorskip("dask.distributed")
+    from joblib import parallel_backend
+
+    fd, X = moons_fd
+    fd = fd.set_params(relax="auto", n_jobs=2)
+    serial = fd.set_params(n_jobs=None).pairwise()
+    knn = fd.kneighbors_graph(n_neighbors=5)
+    fd.set_params(n_jobs=2)
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster),
+        parallel_backend("dask"),
+    ):
+        np.testing.assert_array_equal(fd.pairwise(), serial)
+        np.testing.assert_array_equal(fd.kneighbors_graph(n_neighbors=5).toarray(), knn.toarray())
+
+
+def test_memory_is_bounded_in_high_dimension():
+    import tracemalloc
+
+    rng = np.random.default_rng(9)
+    X = rng.normal(size=(1000, 784))
+    Z = rng.normal(size=(300, 784))
+    fd = FermatDistance(density=StandardNormal(784), prefit=True, relax=False).fit(X)
+    tracemalloc.start()
+    T = fd.transform(Z)  # a rows x n_train x D temporary would be 1.9 GB
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert T.shape == (300, 1000) and np.isfinite(T).all()
+    assert peak < 300 * 2**20
+
+
+@pytest.mark.cuda
+def test_cuda_density_relaxes_on_gpu_and_pickles_to_cpu():
+    from skfff.flow import FreeFormFlow
+
+    X, _ = make_moons(200, noise=0.05, random_state=0)
+    density = FreeFormFlow(max_epochs=3, device="cuda", random_state=0)
+    fd = FermatDistance(density=density, random_state=0).fit(X)
+    assert fd.device_.type == "cuda"
+    assert next(fd.surrogate_.buffers()).device.type == "cuda"
+    state = fd.__getstate__()
+    assert next(state["surrogate_"].buffers()).device.type == "cpu"
+    assert np.isfinite(fd.pairwise(X[:20])).all()
 
 
 def test_n_jobs_and_pickle_round_trip(moons_fd):
@@ -331,6 +499,12 @@ def test_n_jobs_and_pickle_round_trip(moons_fd):
     np.testing.assert_allclose(fd.set_params(n_jobs=2).pairwise(), D)
     loaded = pickle.loads(pickle.dumps(fd.set_params(n_jobs=None)))
     np.testing.assert_allclose(loaded.pairwise(), D)
+    # the relaxation guide travels too (on the CPU) and relaxes the same way
+    assert fd.surrogate_ is not None and fd.calibration_ is not None
+    R = fd.set_params(relax=True).pairwise(X[:12])
+    loaded = pickle.loads(pickle.dumps(fd))
+    np.testing.assert_allclose(loaded.pairwise(X[:12]), R, rtol=1e-6)
+    fd.set_params(relax=False)
 
 
 def test_beta_zero_is_graph_euclidean():
@@ -395,4 +569,11 @@ def test_non_finite_input_is_rejected(moons_fd, bad, row, col):
     [FermatDistance(density=KernelDensity(bandwidth=0.5), relax=False, n_neighbors=3)],
 )
 def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.slow
+@parametrize_with_checks([FermatDistance(density=KernelDensity(bandwidth=0.5), n_neighbors=3)])
+def test_sklearn_compatible_with_relaxation(estimator, check):
+    # the default relax="auto": surrogate guide and calibration fitted in every check
     check(estimator)
