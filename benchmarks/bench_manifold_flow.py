@@ -1,29 +1,33 @@
-"""Benchmark ManifoldFreeFormFlow: NLL against the truth and a vMF kernel density
-estimate, earth-science data on S^2, and sampling speed against an ODE-based flow.
+"""Benchmark ManifoldFreeFormFlow: held-out NLL against the truth and kernel density
+estimates, the normalisation of the learnt density, earth-science data on S^2, and sampling
+speed against an ODE-based flow.
 
 Run from the repository root::
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_manifold_flow.py          # ~5 min on a CPU
-    OMP_NUM_THREADS=1 python benchmarks/bench_manifold_flow.py --full   # all four earth
-                                             # sets, 3 seeds, 1000 epochs: meant for a GPU
+    OMP_NUM_THREADS=1 python benchmarks/bench_manifold_flow.py             # every section
+    OMP_NUM_THREADS=1 python benchmarks/bench_manifold_flow.py --only earth --seeds 0 1 2 3 4
 
 Sections
 --------
 1. Known densities: a von Mises-Fisher mixture on S^2 and a wrapped-normal mixture on
    T^2 (``skfff.datasets``). Held-out NLL of the flow, of a kernel density estimate
    (von Mises-Fisher kernel on S^2, wrapped-normal kernel on T^2, bandwidth picked on a
-   validation split) and of the truth.
-2. Earth data (``../shared/data/earth``, latitude/longitude in degrees): random
-   80/10/10 split per seed (``numpy.random.default_rng(seed).permutation``). The flow is
-   fitted on train+validation with ``validation_fraction=1/9`` for early stopping
-   (``prior="vmf_mixture"`` with 16 components, ``beta=500``, batch 64: these data are
-   very concentrated); the
-   KDE puts kernels on the train rows and picks its concentration on the validation rows.
-   Test NLL in nats w.r.t. area on the unit sphere (the convention of the published
-   figures: M-FFF volcano -2.25, earthquake -0.23, flood 0.51, fire -1.19), with the
-   density through the decoder's Jacobian (default) and the encoder's, and a Monte Carlo
-   check of the normalisation of each.
-3. Sampling: wall time for 100 000 samples from the fitted flow (one network pass and a
+   validation split) and of the truth, and the Monte Carlo integral of the flow's density.
+2. Concentrated data (the normalisation bar): a vMF mixture with kappa = 1000 on S^2,
+   wrapped normals with sigma = 0.05 on T^2 and a mixture of rotations blurred by 0.1 rad
+   on SO(3), with defaults (``beta_scale="auto"``). Integral of ``exp(score_samples)`` over
+   the manifold with 100 000 uniform points (``normalization_constant``), +- its standard
+   error; held-out NLL against the truth and a kernel density (SO(3): a Gaussian kernel
+   on the rotation angle).
+3. Earth data (``../shared/data/earth``, latitude/longitude in degrees), all four sets:
+   random 80/10/10 split per seed (``numpy.random.default_rng(seed).permutation``). The flow
+   is fitted on train+validation with ``validation_fraction=1/9`` for early stopping,
+   ``prior="vmf_mixture"`` (16 components) and batch 64, for ``--budget`` sample passes
+   (300 epochs at most); the KDE puts kernels on the train rows and picks its concentration
+   on the validation rows. Test NLL in nats w.r.t. area on the unit sphere (the convention
+   of the published figures: M-FFF volcano -2.25, earthquake -0.23, flood 0.51, fire
+   -1.19), Monte Carlo integral of the density, fit seconds.
+4. Sampling: wall time for 100 000 samples from the fitted flow (one network pass and a
    projection) and from zuko's CNF (FFJORD, an ODE solve per sample batch) trained
    briefly on the same S^2 data in R^3 and projected onto the sphere. Sample quality is
    compared through the true log-density of each model's samples.
@@ -32,7 +36,6 @@ Sections
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import time
 from pathlib import Path
@@ -43,7 +46,8 @@ from scipy.special import logsumexp
 
 from skfff import ManifoldFreeFormFlow
 from skfff.datasets import make_torus_wrapped_normal_mixture, make_vmf_mixture
-from skfff.manifolds import Sphere, latlon_to_unit
+from skfff.datasets._manifold import make_rotation_mixture
+from skfff.manifolds import latlon_to_unit
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "earth"
 EARTH = {  # file, header lines to skip
@@ -78,6 +82,23 @@ def wrapped_kde_log_density(A, centres, sigma, n_wraps=2, block=1024):
     return np.concatenate(out)
 
 
+def rotation_kde_log_density(R, centres, sigma, block=1024):
+    """Log-density on SO(3) (volume 8 pi^2) of a kernel density with kernels
+    ``exp(-angle^2 / (2 sigma^2))`` on the relative rotation angle, normalised numerically."""
+    angles = np.linspace(0.0, np.pi, 20001)
+    # volume of the rotations at angle < t is 8 pi (t - sin t): density 8 pi (1 - cos t) dt
+    norm = np.trapezoid(np.exp(-0.5 * (angles / sigma) ** 2) * 8 * np.pi * (1 - np.cos(angles)),
+                        angles)
+    R = R.reshape(-1, 9)
+    C = centres.reshape(-1, 9)
+    out = []
+    for s in range(0, len(R), block):
+        trace = R[s:s + block] @ C.T  # tr(A^T B) = sum of the products of the entries
+        ang = np.arccos(np.clip((trace - 1.0) / 2.0, -1.0, 1.0))
+        out.append(logsumexp(-0.5 * (ang / sigma) ** 2, axis=1) - math.log(norm * len(C)))
+    return np.concatenate(out)
+
+
 def fit_kde(score, train, valid, grid):
     """Pick the bandwidth on the validation rows; return (best parameter, scorer)."""
     vals = [score(valid, train, g).mean() for g in grid]
@@ -92,9 +113,15 @@ def split(n, seed):
 
 
 # ------------------------------------------------------------------ sections
+def _integral(flow):
+    estimate, stderr = flow.normalization_constant(100_000, random_state=0)
+    return f"{estimate:.3f}+-{stderr:.3f}"
+
+
 def known_densities(epochs, seed):
     print("\n== 1. known densities: held-out NLL (nats), lower is better ==")
-    print(f"{'data':<28}{'truth':>9}{'M-FFF':>9}{'KDE':>9}{'uniform':>9}{'fit s':>8}")
+    print(f"{'data':<28}{'truth':>9}{'M-FFF':>9}{'KDE':>9}{'uniform':>9}{'integral':>14}"
+          f"{'fit s':>8}")
     X, _, dist = make_vmf_mixture(3000, n_components=4, concentration=20.0,
                                   random_state=seed, return_distribution=True)
     X_val, _ = dist.sample(500, random_state=seed + 1)
@@ -106,7 +133,7 @@ def known_densities(epochs, seed):
     _, kde = fit_kde(vmf_kde_log_density, X, X_val, list(np.geomspace(5, 500, 12)))
     print(f"{'S^2 vMF mixture (4 x k=20)':<28}{-dist.log_density(X_te).mean():9.3f}"
           f"{-flow.score(X_te):9.3f}{-kde(X_te).mean():9.3f}{math.log(4 * math.pi):9.3f}"
-          f"{fit_s:8.1f}")
+          f"{_integral(flow):>14}{fit_s:8.1f}")
 
     A, _, tdist = make_torus_wrapped_normal_mixture(3000, n_components=3, scale=0.4,
                                                     random_state=seed,
@@ -120,47 +147,83 @@ def known_densities(epochs, seed):
     _, tkde = fit_kde(wrapped_kde_log_density, A, A_val, list(np.geomspace(0.05, 1.0, 12)))
     print(f"{'T^2 wrapped normals (3 x .4)':<28}{-tdist.log_density(A_te).mean():9.3f}"
           f"{-tflow.score(A_te):9.3f}{-tkde(A_te).mean():9.3f}"
-          f"{2 * math.log(2 * math.pi):9.3f}{fit_s:8.1f}")
+          f"{2 * math.log(2 * math.pi):9.3f}{_integral(tflow):>14}{fit_s:8.1f}")
     return flow, dist, X
 
 
-def earth(names, epochs, seeds):
-    print("\n== 2. earth data on S^2: test NLL (nats, per unit area), lower is better ==")
+def concentrated(epochs, seed):
+    print("\n== 2. concentrated data: normalisation and held-out NLL (nats) ==")
+    print(f"{'data':<30}{'truth':>8}{'M-FFF':>8}{'KDE':>8}{'integral':>14}{'beta x':>8}"
+          f"{'fit s':>7}")
+    cases = [
+        ("S^2 vMF mixture (3 x k=1000)", "sphere",
+         lambda n, r: make_vmf_mixture(n, n_components=3, concentration=1000.0,
+                                       random_state=r, return_distribution=True),
+         vmf_kde_log_density, np.geomspace(50, 1e5, 16)),
+        ("T^2 wrapped normals (3 x .05)", "torus",
+         lambda n, r: make_torus_wrapped_normal_mixture(n, n_components=3, scale=0.05,
+                                                        random_state=r,
+                                                        return_distribution=True),
+         wrapped_kde_log_density, np.geomspace(0.005, 0.3, 16)),
+        ("SO(3) rotations (3 x .1 rad)", "so3",
+         lambda n, r: make_rotation_mixture(n, n_components=3, scale=0.1, random_state=r,
+                                            return_distribution=True),
+         rotation_kde_log_density, np.geomspace(0.02, 0.5, 16)),
+    ]
+    for label, name, make, kde_score, grid in cases:
+        X, _, dist = make(3000, seed)
+        X_val, _ = dist.sample(500, random_state=seed + 1)
+        X_te, _ = dist.sample(2000, random_state=seed + 2)
+        t = time.perf_counter()
+        flow = ManifoldFreeFormFlow(name, max_epochs=epochs, lr=3e-3, hidden_features=64,
+                                    n_blocks=2, random_state=seed).fit(X)
+        fit_s = time.perf_counter() - t
+        _, kde = fit_kde(kde_score, X, X_val, list(grid))
+        print(f"{label:<30}{-dist.log_density(X_te).mean():8.3f}{-flow.score(X_te):8.3f}"
+              f"{-kde(X_te).mean():8.3f}{_integral(flow):>14}{flow.beta_scale_:8.1f}"
+              f"{fit_s:7.1f}")
+
+
+def earth(names, budget, seeds):
+    print("\n== 3. earth data on S^2: test NLL (nats, per unit area), lower is better ==")
     if not DATA.exists():
         print(f"(skipped: {DATA} not found)")
         return
-    print(f"{'data':<12}{'rows':>6}{'M-FFF dec':>11}{'M-FFF enc':>11}{'vMF KDE':>9}"
-          f"{'published':>11}{'int dec':>9}{'int enc':>9}{'fit s':>7}")
-    uniform = Sphere(2).random_uniform(200_000, torch.Generator().manual_seed(0))
-    uniform = uniform.double().numpy()
+    print(f"{'data':<12}{'rows':>6}{'epochs':>7}{'M-FFF':>16}{'vMF KDE':>16}{'published':>10}"
+          f"{'integral':>16}{'beta x':>7}{'fit s':>7}")
     for name in names:
         fname, skip = EARTH[name]
         latlon = np.genfromtxt(DATA / fname, delimiter=",", skip_header=skip)
         X = latlon_to_unit(latlon[:, 0], latlon[:, 1])
-        rows = {k: [] for k in ("dec", "enc", "kde", "int_dec", "int_enc")}
-        fit_s = 0.0
+        rows = {k: [] for k in ("nll", "kde", "int", "se", "fit", "scale")}
+        epochs = min(300, math.ceil(budget / (0.9 * len(X))))
         for seed in seeds:
             tr, va, te = split(len(X), seed)
             t = time.perf_counter()
             flow = ManifoldFreeFormFlow(
-                "sphere", prior="vmf_mixture", n_prior_components=16, beta=500.0,
-                max_epochs=epochs, batch_size=64, lr=2e-3, validation_fraction=1 / 9,
-                patience=50, random_state=seed,
+                "sphere", prior="vmf_mixture", n_prior_components=16, max_epochs=epochs,
+                batch_size=64, validation_fraction=1 / 9, random_state=seed,
             ).fit(X[np.concatenate([tr, va])])
-            fit_s += time.perf_counter() - t
-            enc = copy.copy(flow).set_params(log_prob_via="encoder")
-            rows["dec"].append(-flow.score(X[te]))
-            rows["enc"].append(-enc.score(X[te]))
-            rows["int_dec"].append(np.exp(flow.score_samples(uniform)).mean() * 4 * np.pi)
-            rows["int_enc"].append(np.exp(enc.score_samples(uniform)).mean() * 4 * np.pi)
+            rows["fit"].append(time.perf_counter() - t)
+            rows["nll"].append(-flow.score(X[te]))
+            estimate, stderr = flow.normalization_constant(100_000, random_state=0)
+            rows["int"].append(estimate)
+            rows["se"].append(stderr)
+            rows["scale"].append(flow.beta_scale_)
             _, kde = fit_kde(vmf_kde_log_density, X[tr], X[va], list(np.geomspace(5, 5e4, 16)))
             rows["kde"].append(-kde(X[te]).mean())
-        m = {k: np.mean(v) for k, v in rows.items()}
-        print(f"{name:<12}{len(X):>6}{m['dec']:11.3f}{m['enc']:11.3f}{m['kde']:9.3f}"
-              f"{PUBLISHED[name]:11.2f}{m['int_dec']:9.2f}{m['int_enc']:9.2f}"
-              f"{fit_s / len(seeds):7.1f}")
-    print("(int dec / int enc: Monte Carlo integral of each density over the sphere with "
-          "200 000 uniform points; 1 for a normalised density)")
+            print(f"  {name} seed {seed}: NLL {rows['nll'][-1]:.3f}, KDE {rows['kde'][-1]:.3f}, "
+                  f"integral {estimate:.3f}+-{stderr:.3f} ({flow.log_prob_via_}), "
+                  f"epochs {flow.n_iter_}, {rows['fit'][-1]:.0f} s", flush=True)
+
+        def pm(v, d=3):
+            return f"{np.mean(v):.{d}f}+-{np.std(v):.{d}f}"
+
+        print(f"{name:<12}{len(X):>6}{epochs:>7}{pm(rows['nll']):>16}{pm(rows['kde']):>16}"
+              f"{PUBLISHED[name]:10.2f}{pm(rows['int']):>16}{np.mean(rows['scale']):7.1f}"
+              f"{np.mean(rows['fit']):7.0f}", flush=True)
+    print(f"(mean +- std over seeds {list(seeds)}; integral: normalization_constant with "
+          "100 000 uniform points, 1 for a normalised density)")
 
 
 def sampling(flow, dist, X, cnf_steps, n=100_000):
@@ -201,25 +264,28 @@ def sampling(flow, dist, X, cnf_steps, n=100_000):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--full", action="store_true",
-                        help="all four earth data sets, 3 seeds, longer training")
-    parser.add_argument("--cnf-steps", type=int, default=None,
-                        help="training steps of the CNF baseline (default 100, --full 2000)")
-    parser.add_argument("--only", choices=["known", "earth", "sampling"], default=None,
-                        help="run one section (sampling also fits the S^2 flow)")
+    parser.add_argument("--only", choices=["known", "concentrated", "earth", "sampling"],
+                        default=None, help="run one section (sampling also fits the S^2 flow)")
+    parser.add_argument("--data", nargs="+", choices=list(EARTH), default=list(EARTH),
+                        help="earth data sets (default: all four)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="seeds of the earth splits (the published figures use 5)")
+    parser.add_argument("--budget", type=float, default=300_000,
+                        help="earth training budget in sample passes (epochs x rows)")
+    parser.add_argument("--epochs", type=int, default=80,
+                        help="epochs of the synthetic fits (sections 1, 2)")
+    parser.add_argument("--cnf-steps", type=int, default=100,
+                        help="training steps of the CNF baseline")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    if args.full:
-        names, earth_epochs, seeds, epochs, cnf_steps = list(EARTH), 1000, [0, 1, 2], 300, 2000
-    else:
-        names, earth_epochs, seeds, epochs, cnf_steps = ["volcano"], 600, [0], 80, 100
-    cnf_steps = args.cnf_steps or cnf_steps
     if args.only in (None, "known", "sampling"):
-        flow, dist, X = known_densities(epochs, seed=0)
+        flow, dist, X = known_densities(args.epochs, seed=0)
+    if args.only in (None, "concentrated"):
+        concentrated(args.epochs, seed=0)
     if args.only in (None, "earth"):
-        earth(names, earth_epochs, seeds)
+        earth(args.data, args.budget, args.seeds)
     if args.only in (None, "sampling"):
-        sampling(flow, dist, X, cnf_steps)
+        sampling(flow, dist, X, args.cnf_steps)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import numbers
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
 from sklearn.base import ClassNamePrefixFeaturesOutMixin, DensityMixin, TransformerMixin
+from sklearn.neighbors import NearestNeighbors
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted
@@ -28,6 +31,58 @@ from .manifolds import (
 __all__ = ["ManifoldFreeFormFlow"]
 
 _MANIFOLD_NAMES = {"sphere", "torus", "so3"}
+#: Concentration (see :func:`concentration`) up to which ``beta`` is kept as given: twice that
+#: of the data the defaults were tuned on (four von Mises-Fisher components with kappa = 20 on
+#: S^2 score 5.1; two wrapped normals with sigma = 0.5 on T^2, 8.6).
+_REFERENCE_CONCENTRATION = 10.0
+_MAX_BETA_SCALE = 10.0
+#: Uniform points of the normalisation check run at the end of ``fit``.
+_FIT_CHECK_POINTS = 20_000
+
+
+def _kth_neighbour_sq(P: np.ndarray, k: int) -> float:
+    """Median squared distance from a point of ``P`` to its ``k``-th nearest neighbour."""
+    dist, _ = NearestNeighbors(n_neighbors=k + 1).fit(P).kneighbors(P)
+    return float(np.median(dist[:, -1] ** 2))
+
+
+def _normalised(estimate: float, stderr: float) -> bool:
+    """Whether a Monte Carlo integral is 1 to within 3 % plus two standard errors."""
+    return bool(abs(estimate - 1.0) <= 0.03 + 2.0 * stderr)  # False for NaN
+
+
+def concentration(E: np.ndarray, manifold: Manifold, n_neighbors: int = 10,
+                  max_rows: int = 5000) -> float:
+    """How much more concentrated than uniform the points ``E`` are, as a squared length ratio.
+
+    The median squared distance (in the embedding) from a point to its ``n_neighbors``-th
+    nearest neighbour, for as many uniform points as rows of ``E``, divided by the same for
+    ``E``: about ``p / p_uniform`` for a locally smooth density ``p`` on a surface, 1 for
+    uniform data. Deterministic (fixed seeds for the subsample and the uniform points).
+
+    Parameters
+    ----------
+    E : ndarray of shape (n_samples, m)
+        Points on ``manifold``, in its embedding.
+    manifold : Manifold
+    n_neighbors : int, default=10
+    max_rows : int, default=5000
+        Larger data are subsampled (without replacement, seed 0) to this many rows.
+
+    Returns
+    -------
+    float
+    """
+    E = np.asarray(E, dtype=np.float64)
+    if len(E) > max_rows:
+        E = E[np.random.default_rng(0).choice(len(E), max_rows, replace=False)]
+    k = min(n_neighbors, len(E) - 1)
+    if k < 1:
+        return 1.0
+    U = manifold.random_uniform(len(E), torch.Generator().manual_seed(0),
+                                dtype=torch.float64).numpy()
+    uniform = _kth_neighbour_sq(U, k)
+    return uniform / max(_kth_neighbour_sq(E, k), 1e-6 * uniform)
 
 
 class ManifoldFreeFormFlow(
@@ -82,6 +137,18 @@ class ManifoldFreeFormFlow(
         Residual blocks per default network.
     beta : float, default=50.0
         Weight of the reconstruction loss, which keeps ``g`` close to ``f^-1``.
+    beta_scale : "auto" or float, default="auto"
+        Factor applied to ``beta`` and ``uniform_weight``. The exact density through the
+        decoder is only right where ``g`` inverts ``f`` to well within the length scale of
+        the data, so the more concentrated the data, the smaller the reconstruction error
+        has to be. ``"auto"`` measures the concentration ``c`` of the training points (the
+        median squared distance to the 10th nearest neighbour of as many uniform points,
+        divided by that of the data: about the typical density over the uniform one) and
+        uses ``clip(c / 10, 1, 10)``: data up to twice as concentrated as those the
+        defaults were tuned on (four von Mises-Fisher components with ``kappa = 20`` on
+        ``S^2``, ``c = 5``) keep ``beta`` as given; a vMF mixture with ``kappa = 100``
+        (``c = 23``) gets 2.3 times ``beta``, the volcano data (``c = 191``) 10 times. Set
+        a number to fix the factor (``1`` is ``beta`` as given).
     n_hutchinson : int, default=1
         Tangent-space Hutchinson probes per sample.
     prior : {"uniform", "vmf_mixture"}, default="uniform"
@@ -100,15 +167,22 @@ class ManifoldFreeFormFlow(
         empty parts of the manifold onto the data and the density can integrate to 1.4;
         with 1, 10 and 50 the Monte Carlo integral was 1.05, 1.03 and 1.01 on a 4-component
         vMF mixture, at held-out NLLs 0.02, 0.05 and 0.08 nats above the truth.
-    log_prob_via : {"decoder", "encoder"}, default="decoder"
-        Which network's Jacobian gives the density (also the validation NLL used for
-        early stopping). ``"decoder"``: ``log p_Z(f(x)) - log|det J_g(f(x))|``, the density
-        of the samples ``g(z)`` (the paper's choice). ``"encoder"``:
-        ``log p_Z(f(x)) + log|det J_f(x)|``, the flow defined by ``f``. They agree when
-        ``g = f^-1``; where ``g`` is not yet the inverse (short training on very
-        concentrated data) the decoder density can show narrow spikes and integrate to
-        well over 1, while the encoder density stays close to normalised (see
-        ``benchmarks/bench_manifold_flow.py``).
+    log_prob_via : {"auto", "decoder", "encoder"}, default="auto"
+        Which network's Jacobian gives the density. ``"decoder"``:
+        ``log p_Z(f(x)) - log|det J_g(f(x))|``, the density of the samples ``g(z)`` (the
+        paper's choice; also the validation NLL of early stopping unless ``"encoder"``).
+        ``"encoder"``: ``log p_Z(f(x)) + log|det J_f(x)|``, the flow defined by ``f``, a
+        normalised density whenever ``f`` is one-to-one, whatever ``g``. They agree when
+        ``g = f^-1``; where ``g`` is not the inverse to well within the data's length
+        scale, the decoder density has narrow spikes (near folds of ``g``) and integrates
+        to well over 1. ``"auto"``: the decoder density if the check of
+        ``check_normalization`` finds it normalised, else the encoder density if that one
+        is (the choice is ``log_prob_via_``); the decoder's without the check.
+    check_normalization : bool, default=True
+        At the end of ``fit``, integrate the learnt density over the manifold with 20 000
+        uniform points (see :meth:`normalization_constant`; a few seconds on a CPU for
+        ``S^2``) and warn when the integral is off 1 by more than 3 % plus two standard
+        errors. Skipped for conditional flows.
     project_inputs : bool, default=False
         Project inputs onto the manifold instead of rejecting points off it.
     tol : float, default=1e-4
@@ -127,8 +201,24 @@ class ManifoldFreeFormFlow(
     net_ : skorch.NeuralNet
         The trained skorch net; ``net_.module_`` holds encoder, decoder and prior.
     history_ : skorch.History
-        Per-epoch ``train_loss`` (surrogate), ``valid_loss`` (exact NLL) and
-        ``valid_reconstruction``.
+        Per epoch: ``train_loss`` (the surrogate objective), ``valid_nll`` (exact negative
+        log-likelihood of the validation rows, through the decoder unless
+        ``log_prob_via="encoder"``), ``valid_reconstruction`` (squared error of
+        ``g(f(x))``), ``valid_uniform_reconstruction`` (the same on fixed uniform points)
+        and ``valid_loss = valid_nll + beta * valid_reconstruction + uniform_weight *
+        valid_uniform_reconstruction`` (weights times ``beta_scale_``): the training
+        objective with the exact log-density, which early stopping monitors, as for
+        :class:`FreeFormFlow`. The NLL alone rewards epochs where ``g`` is not ``f^-1``,
+        whose decoder density has narrow spikes and integrates to well over 1.
+    concentration_ : float
+        Concentration of the training data (``beta_scale="auto"`` only).
+    beta_scale_ : float
+        The factor applied to ``beta`` and ``uniform_weight``.
+    normalization_ : tuple of (float, float) or None
+        ``(estimate, stderr)`` of the integral of the density over the manifold at the end
+        of ``fit`` (None when ``check_normalization=False`` or conditional).
+    log_prob_via_ : {"decoder", "encoder"}
+        The density ``score_samples`` uses when ``log_prob_via="auto"``.
     n_iter_ : int
         Epochs run.
     n_features_in_ : int
@@ -150,10 +240,12 @@ class ManifoldFreeFormFlow(
     Defaults were picked on the von Mises-Fisher and wrapped-normal mixtures of
     ``skfff.datasets`` (see ``benchmarks/bench_manifold_flow.py``). As for
     :class:`FreeFormFlow`, watch ``valid_reconstruction`` in ``history_``: a poor
-    reconstruction makes the likelihood unreliable; raise ``beta`` then. On very
-    concentrated data check the normalisation: the mean of ``exp(score_samples(U))``
-    times the volume, ``U`` uniform on the manifold, should be close to 1; if it is not,
-    train longer or use ``log_prob_via="encoder"``.
+    reconstruction makes the likelihood unreliable; raise ``beta`` then. Both exact
+    densities assume that ``g`` inverts ``f``: the decoder's evaluates ``J_g`` at
+    ``f(x)``, which measures the volume change near ``g(f(x))``, not near ``x``. On
+    concentrated data a reconstruction error of a few degrees is enough to make it
+    integrate to several times 1, hence ``beta_scale="auto"`` and the check at the end of
+    ``fit`` (:meth:`normalization_constant`).
 
     References
     ----------
@@ -173,19 +265,26 @@ class ManifoldFreeFormFlow(
     ((4, 3), True)
     """
 
+    _architecture_params = (
+        "manifold", "hidden_features", "n_blocks", "prior", "n_prior_components", "encoder",
+        "decoder", "conditional",
+    )
+
     _parameter_constraints: dict = {
         **BaseTorchEstimator._parameter_constraints,
         "manifold": [StrOptions(_MANIFOLD_NAMES), Manifold],
         "hidden_features": [Interval(numbers.Integral, 1, None, closed="left")],
         "n_blocks": [Interval(numbers.Integral, 0, None, closed="left")],
         "beta": [Interval(numbers.Real, 0, None, closed="neither")],
+        "beta_scale": [StrOptions({"auto"}), Interval(numbers.Real, 0, None, closed="neither")],
         "n_hutchinson": [Interval(numbers.Integral, 1, None, closed="left")],
         "prior": [StrOptions({"uniform", "vmf_mixture"})],
         "n_prior_components": [Interval(numbers.Integral, 1, None, closed="left")],
         "distance_weight": [Interval(numbers.Real, 0, None, closed="left")],
         "cycle_weight": [Interval(numbers.Real, 0, None, closed="left")],
         "uniform_weight": [Interval(numbers.Real, 0, None, closed="left")],
-        "log_prob_via": [StrOptions({"decoder", "encoder"})],
+        "log_prob_via": [StrOptions({"auto", "decoder", "encoder"})],
+        "check_normalization": ["boolean"],
         "project_inputs": ["boolean"],
         "tol": [Interval(numbers.Real, 0, None, closed="neither")],
         "encoder": [torch.nn.Module, callable, None],
@@ -200,13 +299,15 @@ class ManifoldFreeFormFlow(
         hidden_features: int = 128,
         n_blocks: int = 3,
         beta: float = 50.0,
+        beta_scale: str | float = "auto",
         n_hutchinson: int = 1,
         prior: str = "uniform",
         n_prior_components: int = 8,
         distance_weight: float = 1.0,
         cycle_weight: float = 1.0,
         uniform_weight: float = 10.0,
-        log_prob_via: str = "decoder",
+        log_prob_via: str = "auto",
+        check_normalization: bool = True,
         project_inputs: bool = False,
         tol: float = 1e-4,
         encoder: Any = None,
@@ -239,6 +340,7 @@ class ManifoldFreeFormFlow(
         self.hidden_features = hidden_features
         self.n_blocks = n_blocks
         self.beta = beta
+        self.beta_scale = beta_scale
         self.n_hutchinson = n_hutchinson
         self.prior = prior
         self.n_prior_components = n_prior_components
@@ -246,6 +348,7 @@ class ManifoldFreeFormFlow(
         self.cycle_weight = cycle_weight
         self.uniform_weight = uniform_weight
         self.log_prob_via = log_prob_via
+        self.check_normalization = check_normalization
         self.project_inputs = project_inputs
         self.tol = tol
         self.encoder = encoder
@@ -282,7 +385,7 @@ class ManifoldFreeFormFlow(
         m = self.manifold
         return m == "so3" or isinstance(m, SpecialOrthogonal)
 
-    def _coordinates(self, X: Any, *, reset: bool) -> np.ndarray:
+    def _coordinates(self, X: Any, *, reset: bool, latent: bool = False) -> np.ndarray:
         """Validate ``X`` and return the embedding points (float64, on the manifold)."""
         if self._is_so3() and not hasattr(X, "columns"):
             arr = np.asarray(X) if not hasattr(X, "toarray") else X
@@ -293,7 +396,10 @@ class ManifoldFreeFormFlow(
             elif getattr(arr, "ndim", 0) == 2 and arr.shape[1] == 4:
                 q = check_array(arr, dtype=np.float64)
                 X = SpecialOrthogonal().to_embedding(q)
-        X = self._validate_X(X, reset=reset)
+        if latent:  # latent codes carry transform's column names (or none), not the input's
+            X = self._validate_latent(X, self.n_features_in_)
+        else:
+            X = self._validate_X(X, reset=reset)
         if reset:
             self.manifold_ = self._resolve_manifold(X.shape[1])
         manifold = self.manifold_
@@ -323,10 +429,16 @@ class ManifoldFreeFormFlow(
     # ------------------------------------------------------------------ hooks
     def _fit_inputs(self, X: Any, y: Any, *, warm: bool) -> tuple[np.ndarray, np.ndarray | None]:
         E = self._coordinates(X, reset=not warm)
-        return E, self._fit_conditions(y, E.shape[0])
+        return E, self._fit_conditions(y, E.shape[0], warm=warm)
 
     def _build_module(self, X: np.ndarray, C: np.ndarray | None) -> ManifoldFreeFormFlowModule:
         m, k = self.manifold_.ambient_dim, 0 if C is None else C.shape[1]
+        if self.beta_scale == "auto":
+            self.concentration_ = concentration(X, self.manifold_)
+            self.beta_scale_ = float(np.clip(self.concentration_ / _REFERENCE_CONCENTRATION,
+                                             1.0, _MAX_BETA_SCALE))
+        else:
+            self.beta_scale_ = float(self.beta_scale)
 
         def default() -> ResidualMLP:
             return ResidualMLP(m, m, self.hidden_features, self.n_blocks, k, skip=True)
@@ -343,14 +455,39 @@ class ManifoldFreeFormFlow(
         return ManifoldFreeFormFlowModule(
             make_network(self.encoder, m, m, k, default=default),
             make_network(self.decoder, m, m, k, default=default),
-            self.manifold_, prior, self.beta, self.n_hutchinson, self.distance_weight,
-            self.cycle_weight, self.uniform_weight, self.log_prob_via,
+            self.manifold_, prior, self.beta * self.beta_scale_, self.n_hutchinson,
+            self.distance_weight, self.cycle_weight, self.uniform_weight * self.beta_scale_,
+            "encoder" if self.log_prob_via == "encoder" else "decoder",
         )
 
+    def _after_fit(self, X: np.ndarray, C: np.ndarray | None, y: Any) -> None:
+        self.normalization_ = None
+        self.log_prob_via_ = "encoder" if self.log_prob_via == "encoder" else "decoder"
+        if not self.check_normalization or C is not None:
+            return
+        self.normalization_ = self._integral(self.log_prob_via_, _FIT_CHECK_POINTS, 0)
+        if self.log_prob_via == "auto" and not _normalised(*self.normalization_):
+            encoder = self._integral("encoder", _FIT_CHECK_POINTS, 0)
+            if _normalised(*encoder):
+                self.log_prob_via_, self.normalization_ = "encoder", encoder
+        estimate, stderr = self.normalization_
+        if not _normalised(estimate, stderr):
+            warnings.warn(
+                f"The density learnt by {type(self).__name__} integrates to {estimate:.3g} "
+                f"+- {stderr:.2g} over the manifold instead of 1 (Monte Carlo with "
+                f"{_FIT_CHECK_POINTS} uniform points; log_prob_via_={self.log_prob_via_!r}), "
+                "so score_samples is not a normalised log-density: the decoder is not yet "
+                "the inverse of the encoder on all of the manifold. Train longer "
+                "(max_epochs) or raise beta_scale; check with normalization_constant(). "
+                "Pass check_normalization=False to skip this check.",
+                UserWarning,
+                stacklevel=3,
+            )
+
     # -------------------------------------------------------------- sklearn
-    def _embedded(self, X: Any) -> np.ndarray:
+    def _embedded(self, X: Any, latent: bool = False) -> np.ndarray:
         check_is_fitted(self)
-        return self._coordinates(X, reset=False)
+        return self._coordinates(X, reset=False, latent=latent)
 
     def score_samples(self, X: Any, y: Any = None) -> np.ndarray:
         """Exact log-density of each point w.r.t. the manifold's Riemannian volume.
@@ -368,8 +505,14 @@ class ManifoldFreeFormFlow(
         """
         E = self._embedded(X)
         C = self._conditions(y, E.shape[0])
-        via = self.log_prob_via
+        via = self._via()
         return self._map_batches(lambda x, c: self.module_.log_prob(x, c, via=via), E, C)
+
+    def _via(self) -> str:
+        """The density in use: ``log_prob_via``, or what ``"auto"`` chose in ``fit``."""
+        if self.log_prob_via != "auto":
+            return self.log_prob_via
+        return getattr(self, "log_prob_via_", "decoder")
 
     def transform(self, X: Any, y: Any = None) -> np.ndarray:
         """Encode ``X`` into latent points on the manifold (same convention as ``X``).
@@ -403,7 +546,7 @@ class ManifoldFreeFormFlow(
         -------
         X : ndarray of shape (n_samples, n_features)
         """
-        E = self._embedded(Z)
+        E = self._embedded(Z, latent=True)
         C = self._conditions(y, E.shape[0])
         return self._to_output(self._map_batches(self.module_.decode, E, C))
 
@@ -433,6 +576,47 @@ class ManifoldFreeFormFlow(
         with torch.no_grad():
             z = self.module_.prior.sample(n_samples, gen, device="cpu", dtype=torch.float32)
         return self._to_output(self._map_batches(self.module_.decode, z, C))
+
+    def normalization_constant(self, n_points: int = 100_000, random_state: Any = None,
+                               y: Any = None) -> tuple[float, float]:
+        """Monte Carlo integral of ``exp(score_samples)`` over the manifold.
+
+        ``V * mean(exp(score_samples(U)))`` for ``n_points`` points ``U`` uniform on the
+        manifold of volume ``V``: 1 for a normalised density. A large standard error
+        relative to the estimate means that the density is concentrated on a small part of
+        the manifold; raise ``n_points`` then.
+
+        Parameters
+        ----------
+        n_points : int, default=100_000
+            Number of uniform points.
+        random_state : int, RandomState instance or None, default=None
+            Seed for the uniform points.
+        y : array-like of shape (1, n_conditions) or scalar, default=None
+            The condition to integrate ``p(x | y)`` at (required for a conditional flow).
+
+        Returns
+        -------
+        estimate : float
+            The Monte Carlo estimate of the integral.
+        stderr : float
+            Its standard error (the standard deviation of ``V exp(score_samples(U))``
+            divided by ``sqrt(n_points)``).
+        """
+        check_is_fitted(self)
+        if not isinstance(n_points, numbers.Integral) or n_points < 2:
+            raise ValueError(f"n_points must be an integer >= 2, got {n_points!r}")
+        return self._integral(self._via(), int(n_points), random_state, y)
+
+    def _integral(self, via: str, n_points: int, random_state: Any,
+                  y: Any = None) -> tuple[float, float]:
+        gen = torch.Generator().manual_seed(self._seed(random_state))
+        U = self.manifold_.random_uniform(n_points, gen, dtype=torch.float64)
+        C = self._conditions(y, n_points)
+        log_p = self._map_batches(lambda x, c: self.module_.log_prob(x, c, via=via), U, C,
+                                  batch_size=8192)
+        w = np.exp(log_p + self.manifold_.log_volume())
+        return float(w.mean()), float(w.std(ddof=1) / math.sqrt(len(w)))
 
     @property
     def _n_features_out(self) -> int:

@@ -5,7 +5,11 @@ Everything here is generated on the fly: skfff never downloads data.
 
 from ._ica import make_nonlinear_ica
 from ._jets import make_jet_images
-from ._manifold import make_torus_wrapped_normal_mixture, make_vmf_mixture
+from ._manifold import (
+    make_rotation_mixture,
+    make_torus_wrapped_normal_mixture,
+    make_vmf_mixture,
+)
 from ._toy import make_gaussian_mixture_2d, make_nonlinear_gaussian
 
 __all__ = [
@@ -13,6 +17,7 @@ __all__ = [
     "make_jet_images",
     "make_nonlinear_gaussian",
     "make_nonlinear_ica",
+    "make_rotation_mixture",
     "make_torus_wrapped_normal_mixture",
     "make_vmf_mixture",
 ]
