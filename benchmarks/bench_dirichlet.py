@@ -55,52 +55,66 @@ def matched_column(weights: np.ndarray, y: np.ndarray) -> int:
     return int(cols[list(rows).index(1)])
 
 
-def run_setting(fraction, signal, image_size, n_train, n_test, epochs, seed):
+#: Variants of DirichletLatentClassifier: (label, keyword arguments).
+DVAE_VARIANTS = {
+    "dvae2": ("DVAE mixture weight (K=2)", {}),
+    "dvae4": ("DVAE mixture weight (K=4, alpha=0.1)", {"n_components": 4, "alpha": 0.1}),
+    "gm2": ("GMVAE responsibility (K=2)", {"latent": "gaussian_mixture"}),
+    "gm4": ("GMVAE responsibility (K=4)", {"latent": "gaussian_mixture", "n_components": 4}),
+}
+BASELINES = ("lda", "ae", "mlp")
+
+
+def run_setting(fraction, signal, image_size, n_train, n_test, epochs, seed, methods):
     X, y = make_jet_images(n_train, fraction, image_size, random_state=seed, signal=signal)
     Xt, yt = make_jet_images(n_test, 0.5, image_size, random_state=seed + 1000, signal=signal)
     scores: dict[str, np.ndarray] = {}
     times: dict[str, float] = {}
 
-    for latent, k in (("dirichlet", 2), ("gaussian_mixture", 2), ("gaussian_mixture", 4)):
+    for key, (name, params) in DVAE_VARIANTS.items():
+        if key not in methods:
+            continue
         t = time.perf_counter()
         clf = DirichletLatentClassifier(
-            k, latent=latent, max_epochs=epochs, random_state=seed, device="cpu"
+            max_epochs=epochs, random_state=seed, device="cpu", **params
         ).fit(X, y)
-        name = "DVAE mixture weight" if latent == "dirichlet" else "GMVAE responsibility"
-        name += f" (K={k})"
         scores[name] = clf.predict_proba(Xt)[:, 1]
         times[name] = time.perf_counter() - t
-        if latent == "dirichlet":
+        if key == "dvae2":
             scores["DVAE reconstruction error"] = clf.reconstruction_error(Xt)
             times["DVAE reconstruction error"] = times[name]
 
-    t = time.perf_counter()
-    lda = LatentDirichletAllocation(n_components=2, random_state=seed, max_iter=30)
-    w = lda.fit_transform(np.round(200 * X))
-    col = matched_column(w, y)
-    scores["LDA topic weight"] = lda.transform(np.round(200 * Xt))[:, col]
-    times["LDA topic weight"] = time.perf_counter() - t
+    if "lda" in methods:
+        t = time.perf_counter()
+        lda = LatentDirichletAllocation(n_components=2, random_state=seed, max_iter=30)
+        w = lda.fit_transform(np.round(200 * X))
+        col = matched_column(w, y)
+        scores["LDA topic weight"] = lda.transform(np.round(200 * Xt))[:, col]
+        times["LDA topic weight"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    # Autoencoder on sqrt(x) (the Hellinger embedding of the histograms): standardising each
-    # cell instead gives rarely lit cells huge weight and a much worse score.
-    S, St = np.sqrt(X), np.sqrt(Xt)
-    ae = MLPRegressor(
-        hidden_layer_sizes=(64, 8, 64), max_iter=epochs, random_state=seed, early_stopping=True
-    )
-    ae.fit(S, S)
-    scores["AE reconstruction error"] = ((ae.predict(St) - St) ** 2).mean(1)
-    times["AE reconstruction error"] = time.perf_counter() - t
+    if "ae" in methods:
+        t = time.perf_counter()
+        # Autoencoder on sqrt(x) (the Hellinger embedding of the histograms): standardising each
+        # cell instead gives rarely lit cells huge weight and a much worse score.
+        S, St = np.sqrt(X), np.sqrt(Xt)
+        ae = MLPRegressor(
+            hidden_layer_sizes=(64, 8, 64), max_iter=epochs, random_state=seed, early_stopping=True
+        )
+        ae.fit(S, S)
+        scores["AE reconstruction error"] = ((ae.predict(St) - St) ** 2).mean(1)
+        times["AE reconstruction error"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    sup = MLPClassifier(
-        hidden_layer_sizes=(128, 64), max_iter=epochs, random_state=seed, early_stopping=True
-    )
-    scaler = StandardScaler().fit(S)
-    Z, Zt = scaler.transform(S), scaler.transform(St)
-    sup.fit(Z, y)
-    scores["supervised MLP (upper bound)"] = sup.predict_proba(Zt)[:, 1]
-    times["supervised MLP (upper bound)"] = time.perf_counter() - t
+    if "mlp" in methods:
+        t = time.perf_counter()
+        sup = MLPClassifier(
+            hidden_layer_sizes=(128, 64), max_iter=epochs, random_state=seed, early_stopping=True
+        )
+        S, St = np.sqrt(X), np.sqrt(Xt)
+        scaler = StandardScaler().fit(S)
+        Z, Zt = scaler.transform(S), scaler.transform(St)
+        sup.fit(Z, y)
+        scores["supervised MLP (upper bound)"] = sup.predict_proba(Zt)[:, 1]
+        times["supervised MLP (upper bound)"] = time.perf_counter() - t
 
     return {
         k: (roc_auc_score(yt, s), rejection_at(yt, s, 0.5), rejection_at(yt, s, 0.8), times[k])
@@ -111,26 +125,42 @@ def run_setting(fraction, signal, image_size, n_train, n_test, epochs, seed):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="bigger images, more data, 3 seeds")
+    parser.add_argument("--seeds", type=int, default=None, help="number of seeds")
+    parser.add_argument(
+        "--methods",
+        default=",".join([*DVAE_VARIANTS, *BASELINES]),
+        help="comma-separated subset of " + ", ".join([*DVAE_VARIANTS, *BASELINES]),
+    )
+    parser.add_argument(
+        "--settings", default="top-0.5,top-0.1,qcd-0.5,qcd-0.1", help="signal-fraction pairs"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.full:
-        image_size, n_train, n_test, epochs, seeds = 40, 10000, 4000, 100, (0, 1, 2)
+        image_size, n_train, n_test, epochs, n_seeds = 40, 10000, 4000, 100, 3
     else:
-        image_size, n_train, n_test, epochs, seeds = 20, 3000, 2000, 60, (0,)
-    settings = [(0.5, "top"), (0.1, "top"), (0.5, "qcd"), (0.1, "qcd")]
+        image_size, n_train, n_test, epochs, n_seeds = 20, 3000, 2000, 60, 1
+    seeds = tuple(range(args.seeds if args.seeds is not None else n_seeds))
+    methods = set(args.methods.split(","))
+    settings = [(float(f), sig) for sig, f in (x.split("-") for x in args.settings.split(","))]
     print(f"jet images {image_size}x{image_size}, {n_train} training jets, {n_test} test jets "
-          f"(balanced), seeds {seeds}\nAUC; R@e = background rejection 1/eps_B at signal "
-          f"efficiency e (capped at the number of test background jets); means over seeds\n")
+          f"(balanced), seeds {seeds}\nAUC (mean +- std over seeds, min); R@e = background "
+          "rejection 1/eps_B at signal efficiency e (capped at the number of test background "
+          "jets), means over seeds\n")
     for fraction, signal in settings:
         results = [
-            run_setting(fraction, signal, image_size, n_train, n_test, epochs, s) for s in seeds
+            run_setting(fraction, signal, image_size, n_train, n_test, epochs, s, methods)
+            for s in seeds
         ]
         print(f"signal = {signal} ({'more complex' if signal == 'top' else 'simpler'}), "
               f"signal fraction {fraction}")
-        print(f"  {'method':32s} {'AUC':>6s} {'R@0.5':>8s} {'R@0.8':>8s} {'fit s':>7s}")
+        print(f"  {'method':38s} {'AUC':>15s} {'min':>6s} {'R@0.5':>8s} {'R@0.8':>8s} "
+              f"{'fit s':>7s}")
         for name in results[0]:
-            auc, rej5, rej8, sec = np.mean([r[name] for r in results], axis=0)
-            print(f"  {name:32s} {auc:6.3f} {rej5:8.1f} {rej8:8.1f} {sec:7.1f}")
+            r = np.array([res[name] for res in results])
+            auc, rej5, rej8, sec = r.mean(axis=0)
+            print(f"  {name:38s} {auc:6.3f} +- {r[:, 0].std():.3f} {r[:, 0].min():6.3f} "
+                  f"{rej5:8.1f} {rej8:8.1f} {sec:7.1f}")
         print(flush=True)
 
 

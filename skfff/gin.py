@@ -6,6 +6,7 @@ networks (GIN)", ICLR 2020.
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from collections.abc import Callable
@@ -19,11 +20,12 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from skorch.callbacks import Callback
 
-from ._torch.gin import GINFlow, GINTrainingModule
+from ._torch.gin import ConvGINFlow, GINFlow, GINTrainingModule
 from ._torch.networks import make_network
 from ._torch.priors import ClassConditionalGaussian, diagonal_gaussian_log_prob
-from .base import BaseTorchEstimator
+from .base import BaseTorchEstimator, _StopTraining
 
 __all__ = ["GINTransformer"]
 
@@ -50,6 +52,85 @@ def spectrum_knee(latent_std: np.ndarray) -> tuple[int, float]:
     drops = log_std[:-1] - log_std[1:]
     i = int(np.argmax(drops))
     return i + 1, float(drops[i])
+
+
+def _spectrum(module: GINTrainingModule, x: torch.Tensor, c: torch.Tensor) -> np.ndarray:
+    """Sorted (decreasing) latent standard deviations of ``(x, c)`` under the current flow."""
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            z = module.flow.encode(x)
+            _, var, _ = module.prior.exact_statistics(z, c)
+    finally:
+        module.train(was_training)
+    std = var.double().mean(0).sqrt().cpu().numpy()
+    return np.sort(std)[::-1]
+
+
+class _SpectrumMonitor(Callback):
+    """Record the held-out spectrum's knee every epoch; stop once the spectrum has settled.
+
+    The spectrum is measured on the validation rows (the training rows without a validation
+    split; at most ``max_rows`` of them). Each epoch appends ``n_informative`` (the knee) and
+    ``spectrum_gap`` (the drop at the knee, natural-log units) to the history. Training stops
+    when the knee is at least ``min_gap`` deep and, over the last ``patience`` epochs, has not
+    moved, and none of the log-standard-deviations up to the first one after the knee has
+    changed by more than ``tol``. A shallow knee is no answer yet: training goes on.
+    """
+
+    def __init__(
+        self,
+        patience: int | None,
+        tol: float = 0.1,
+        min_gap: float = math.log(10.0),
+        max_rows: int = 2000,
+    ) -> None:
+        self.patience = patience
+        self.tol = tol
+        self.min_gap = min_gap
+        self.max_rows = max_rows
+
+    def on_train_begin(self, net: Any, **kwargs: Any) -> None:
+        # a fresh window at every fit (and every warm-started continuation)
+        self.log_std_: list[np.ndarray] = []
+        self.counts_: list[int] = []
+
+    @staticmethod
+    def _rows(dataset: Any, max_rows: int) -> tuple[np.ndarray, np.ndarray | None]:
+        if isinstance(dataset, torch.utils.data.Subset):
+            idx = np.asarray(dataset.indices)[:max_rows]
+            arrays = dataset.dataset.X
+        else:
+            arrays = dataset.X
+            idx = np.arange(min(len(arrays["x"]), max_rows))
+        c = arrays.get("c")
+        return arrays["x"][idx], None if c is None else c[idx]
+
+    def on_epoch_end(
+        self, net: Any, dataset_train: Any = None, dataset_valid: Any = None, **kwargs: Any
+    ) -> None:
+        dataset = dataset_valid if dataset_valid is not None else dataset_train
+        x, c = self._rows(dataset, self.max_rows)
+        module = net.module_
+        device = next(module.parameters()).device
+        xt = torch.as_tensor(x, device=device)
+        ct = module._labels(xt, None if c is None else torch.as_tensor(c, device=device))
+        std = _spectrum(module, xt, ct)
+        n, gap = spectrum_knee(std)
+        net.history.record("n_informative", n)
+        net.history.record("spectrum_gap", gap)
+        self.log_std_.append(np.log(np.maximum(std, 1e-300)))
+        self.counts_.append(n)
+        if self.patience is None or len(self.counts_) <= self.patience or gap < self.min_gap:
+            return
+        window = self.counts_[-self.patience - 1 :]
+        if any(k != n for k in window):
+            return
+        moved = np.abs(self.log_std_[-1][: n + 1] - self.log_std_[-self.patience - 1][: n + 1])
+        if np.all(moved < self.tol):
+            net.history.record("spectrum_settled", True)
+            raise _StopTraining
 
 
 class GINTransformer(
@@ -84,7 +165,8 @@ class GINTransformer(
         ``torch.nn.Module`` for the coupling subnetworks (a free-form architecture;
         ``n_conditions`` is 0, and a factory of two parameters also works); ``None`` uses
         a ReLU MLP of ``n_hidden_layers`` layers of width ``hidden_features`` whose last
-        layer starts at zero.
+        layer starts at zero. With ``coupling="conv"`` it builds the dense couplings that
+        follow the convolutional ones.
     clamp : float, default=2.0
         Soft clamp on the log-scales: every coupling scales a coordinate by at most
         ``exp(clamp)``.
@@ -99,6 +181,31 @@ class GINTransformer(
         How ``n_informative_`` is chosen. ``None``: the knee of the spectrum, the largest drop
         in ``log(latent_std_)`` between consecutive sorted variables. A float: the number of
         latent variables whose standard deviation exceeds it.
+    coupling : {"dense", "conv"}, default="dense"
+        ``"dense"``: ``n_blocks`` fully connected couplings. ``"conv"``: the shape of the
+        paper's EMNIST model for images (rows of ``X`` are flattened images of shape
+        ``image_shape``): a squeeze (2 x 2 patches into channels), ``n_conv_blocks``
+        convolutional couplings (3 x 3 convolutions, ``conv_channels`` hidden channels),
+        another squeeze, ``n_conv_blocks`` couplings with twice the channels, then
+        ``n_blocks`` dense couplings on the flattened result. Convolutional couplings split the
+        channels in two and shift the log-scales to zero mean over channels and pixels, so
+        they preserve volume exactly like the dense ones.
+    image_shape : tuple of int or None, default=None
+        ``(H, W)`` or ``(C, H, W)`` of the images, row-major as in ``X.reshape(-1, C, H, W)``;
+        required with ``coupling="conv"``.
+    n_conv_blocks : int, default=4
+        Convolutional couplings per resolution (``coupling="conv"``).
+    conv_channels : int, default=32
+        Hidden channels of the first resolution's convolutional subnetworks, doubled at the
+        second (``coupling="conv"``).
+    spectrum_patience : int or None, default=10
+        Training length chosen from the data: after every epoch the spectrum is measured on
+        the held-out rows (see ``validation_fraction``; the training rows without them), and
+        training stops once the knee is at least a decade deep and, for
+        ``spectrum_patience`` epochs, has not moved while no log-standard-deviation up to the
+        first one after the knee has changed by more than 0.1 (about 10 %). ``max_epochs`` is
+        then only a cap; a spectrum without such a knee trains for all ``max_epochs``.
+        ``None`` always trains for ``max_epochs`` epochs.
     %(training_parameters)s
 
     The empirical prior estimates a mean and a variance per class in every batch, so
@@ -128,11 +235,16 @@ class GINTransformer(
         Number of informative latent variables (the first columns of :meth:`transform`).
     spectrum_gap_ : float
         Largest drop in ``log(latent_std_)`` between consecutive variables (the sharpness of
-        the knee, natural-log units).
+        the knee, natural-log units; divide by ``log(10)`` for decades). The evidence behind
+        ``n_informative_``: a knee of one decade or more is a clear separation, a fraction of
+        a decade is not.
     net_ : skorch.NeuralNet
         The fitted skorch net; ``module_`` is its :class:`~skfff._torch.gin.GINTrainingModule`.
     history_ : skorch.History
-        Per-epoch training loss and held-out negative log-likelihood.
+        Per-epoch training loss (``train_loss``), held-out negative log-likelihood
+        (``valid_loss``), and the held-out spectrum's knee position (``n_informative``) and
+        depth (``spectrum_gap``); ``spectrum_settled`` is set on the epoch where training
+        stopped because the spectrum had settled.
     n_iter_ : int
         Number of epochs run.
 
@@ -147,6 +259,18 @@ class GINTransformer(
     The flow has no Jacobian term, so :meth:`score_samples` is exact:
     ``log p(x | y) = log N(f(x); mu_y, diag sigma_y^2)``. After training, the class
     statistics are recomputed on the whole training set (with the training noise).
+
+    How the count is decided: the latent variables are sorted by standard deviation and
+    ``n_informative_`` is the position of the largest drop in ``log(latent_std_)`` (the
+    knee), unless ``informative_threshold`` is given. The knee only means something once the
+    flow has finished compressing the noise directions, so training runs until the held-out
+    spectrum has settled with a knee at least a decade deep (``spectrum_patience``), and
+    otherwise for all ``max_epochs``, instead of for a fixed number of epochs.
+    Check ``spectrum_gap_`` and ``history_[:, "n_informative"]`` before reporting a count:
+    a count that kept changing, or a knee of a fraction of a decade, is not a finding. When the
+    mixing's volume change varies strongly over the data, a volume-preserving flow with a
+    factorised prior can only approximate it, and part of that variation may end up in an
+    extra, moderately wide latent variable (see ``benchmarks/bench_gin.py``).
 
     Input scale matters: the flow preserves volume and ``noise_std`` is absolute, so put
     features on comparable scales (e.g. pixels in [0, 1]).
@@ -165,7 +289,13 @@ class GINTransformer(
     >>> Z = gin.fit(X, y).transform(X)
     >>> Z.shape, gin.n_informative_
     ((2000, 10), 2)
+    >>> bool(gin.spectrum_gap_ > np.log(10))  # the knee is more than a decade deep
+    True
     """
+
+    _architecture_params = (
+        "n_blocks", "hidden_features", "n_hidden_layers", "subnet", "prior",
+    )
 
     _parameter_constraints: dict = {
         **BaseTorchEstimator._parameter_constraints,
@@ -177,6 +307,11 @@ class GINTransformer(
         "noise_std": [Interval(numbers.Real, 0, None, closed="left")],
         "prior": [StrOptions({"empirical", "learnt"})],
         "informative_threshold": [Interval(numbers.Real, 0, None, closed="left"), None],
+        "coupling": [StrOptions({"dense", "conv"})],
+        "image_shape": [tuple, list, None],
+        "n_conv_blocks": [Interval(numbers.Integral, 0, None, closed="left")],
+        "conv_channels": [Interval(numbers.Integral, 1, None, closed="left")],
+        "spectrum_patience": [Interval(numbers.Integral, 1, None, closed="left"), None],
     }
 
     def __init__(
@@ -190,8 +325,13 @@ class GINTransformer(
         noise_std: float = 0.01,
         prior: str = "empirical",
         informative_threshold: float | None = None,
+        coupling: str = "dense",
+        image_shape: tuple[int, ...] | None = None,
+        n_conv_blocks: int = 4,
+        conv_channels: int = 32,
+        spectrum_patience: int | None = 10,
         lr: float = 1e-3,
-        max_epochs: int = 100,
+        max_epochs: int = 200,
         batch_size: int = 1000,
         weight_decay: float = 0.0,
         optimizer: str | type = "adam",
@@ -221,6 +361,11 @@ class GINTransformer(
         self.noise_std = noise_std
         self.prior = prior
         self.informative_threshold = informative_threshold
+        self.coupling = coupling
+        self.image_shape = image_shape
+        self.n_conv_blocks = n_conv_blocks
+        self.conv_channels = conv_channels
+        self.spectrum_patience = spectrum_patience
 
     # ---------------------------------------------------------------- hooks
     def _fit_inputs(self, X: Any, y: Any, *, warm: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -238,6 +383,7 @@ class GINTransformer(
             X, y = validate_data(
                 self, X, y, reset=not warm, dtype=[np.float64, np.float32], ensure_min_samples=2
             )
+            self._check_range(X)
             y = column_or_1d(y, warn=True)
             check_classification_targets(y)
             classes, codes = np.unique(y, return_inverse=True)
@@ -269,19 +415,46 @@ class GINTransformer(
             def subnet(i: int, o: int) -> torch.nn.Module:
                 return make_network(self.subnet, i, o, wrap=False)
 
-        flow = GINFlow(
-            X.shape[1],
-            self.n_blocks,
-            subnet,
-            hidden_features=self.hidden_features,
-            n_hidden_layers=self.n_hidden_layers,
-            clamp=self.clamp,
-        )
+        if self.coupling == "conv":
+            shape = self._image_shape(X.shape[1])
+            flow: torch.nn.Module = ConvGINFlow(
+                shape,
+                self.n_blocks,
+                self.n_conv_blocks,
+                self.conv_channels,
+                subnet,
+                hidden_features=self.hidden_features,
+                n_hidden_layers=self.n_hidden_layers,
+                clamp=self.clamp,
+            )
+        else:
+            flow = GINFlow(
+                X.shape[1],
+                self.n_blocks,
+                subnet,
+                hidden_features=self.hidden_features,
+                n_hidden_layers=self.n_hidden_layers,
+                clamp=self.clamp,
+            )
         n_classes = 1 if self.classes_ is None else len(self.classes_)
         prior = ClassConditionalGaussian(
             n_classes, X.shape[1], empirical=self.prior == "empirical"
         )
         return GINTrainingModule(flow, prior, noise_std=self.noise_std)
+
+    def _make_callbacks(self, n_train_rows: int, has_valid: bool) -> list:
+        callbacks = super()._make_callbacks(n_train_rows, has_valid)
+        return [*callbacks, ("spectrum", _SpectrumMonitor(self.spectrum_patience))]
+
+    def _image_shape(self, n_features: int) -> tuple[int, ...]:
+        """``image_shape`` checked against the number of features."""
+        shape = None if self.image_shape is None else tuple(int(v) for v in self.image_shape)
+        if shape is None or len(shape) not in (2, 3) or int(np.prod(shape)) != n_features:
+            raise ValueError(
+                'coupling="conv" needs image_shape=(H, W) or (C, H, W) with H * W * C equal '
+                f"to the number of features ({n_features}), got image_shape={self.image_shape!r}."
+            )
+        return shape
 
     def _after_fit(self, X: np.ndarray, C: np.ndarray, y: Any) -> None:
         """Exact class statistics on the training data, spectrum, order and knee."""
