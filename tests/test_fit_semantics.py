@@ -285,3 +285,21 @@ def test_sample_within_bounds_keeps_the_pairing_with_y():
         flow.sample(20, y=0.0, random_state=0, bounds=([-np.inf, 1.8], np.inf))
     with pytest.raises(ValueError, match="low < high"):
         flow.sample(5, y=0.0, bounds=(1.0, 0.0))
+
+
+# ---------------------------------------------------- 8. early stopping criteria agree
+@pytest.mark.parametrize("name", ["FreeFormFlow", "ManifoldFreeFormFlow"])
+def test_flows_early_stop_on_nll_plus_reconstruction(name):
+    # the exact NLL alone picks epochs where g is not f^-1 (spurious densities): both flows
+    # monitor the training objective with the exact log-density
+    if name == "FreeFormFlow":
+        est = FreeFormFlow(max_epochs=2, **SMALL).fit(_data())
+        extra = 0.0
+    else:
+        X, _ = make_vmf_mixture(200, random_state=0)
+        est = ManifoldFreeFormFlow(max_epochs=2, hidden_features=16, n_blocks=1,
+                                   check_normalization=False, random_state=0).fit(X)
+        extra = est.module_.uniform_weight * est.history_[-1, "valid_uniform_reconstruction"]
+    row = est.history_[-1]
+    expected = row["valid_nll"] + est.module_.beta * row["valid_reconstruction"] + extra
+    assert row["valid_loss"] == pytest.approx(expected, rel=1e-4)

@@ -350,6 +350,21 @@ class Reshape(nn.Module):
         return y.reshape(*y.shape[: y.dim() - len(self.out_shape)], *self.in_shape)
 
 
+def _dense_blocks(
+    features: int,
+    n_blocks: int,
+    subnet_constructor: SubnetConstructor | None,
+    generator: torch.Generator | None,
+    **coupling: object,
+) -> list[nn.Module]:
+    """``n_blocks`` dense couplings, each followed by a fixed random permutation."""
+    layers: list[nn.Module] = []
+    for _ in range(n_blocks):
+        layers.append(GINCoupling(features, subnet_constructor, **coupling))
+        layers.append(RandomPermutation(features, generator))
+    return layers
+
+
 class _SequentialFlow(nn.Module):
     """A flow made of ``self.layers``, each returning ``(y, log_det)`` and having ``inverse``."""
 
@@ -439,20 +454,11 @@ class GINFlow(_SequentialFlow):
     ) -> None:
         super().__init__()
         self.features = features
-        layers: list[nn.Module] = []
-        for _ in range(n_blocks):
-            layers.append(
-                GINCoupling(
-                    features,
-                    subnet_constructor,
-                    hidden_features=hidden_features,
-                    n_hidden_layers=n_hidden_layers,
-                    clamp=clamp,
-                    volume_preserving=volume_preserving,
-                    zero_init=zero_init,
-                )
-            )
-            layers.append(RandomPermutation(features, generator))
+        layers = _dense_blocks(
+            features, n_blocks, subnet_constructor, generator, hidden_features=hidden_features,
+            n_hidden_layers=n_hidden_layers, clamp=clamp, volume_preserving=volume_preserving,
+            zero_init=zero_init,
+        )
         self.layers = nn.ModuleList(layers)
 
 
@@ -554,19 +560,11 @@ class ConvGINFlow(_SequentialFlow):
                 )
                 layers.append(RandomPermutation(c, generator, dim=-3))
         layers.append(Reshape((c, h, w), (features,)))
-        for _ in range(n_blocks):
-            layers.append(
-                GINCoupling(
-                    features,
-                    subnet_constructor,
-                    hidden_features=hidden_features,
-                    n_hidden_layers=n_hidden_layers,
-                    clamp=clamp,
-                    volume_preserving=volume_preserving,
-                    zero_init=zero_init,
-                )
-            )
-            layers.append(RandomPermutation(features, generator))
+        layers += _dense_blocks(
+            features, n_blocks, subnet_constructor, generator, hidden_features=hidden_features,
+            n_hidden_layers=n_hidden_layers, clamp=clamp, volume_preserving=volume_preserving,
+            zero_init=zero_init,
+        )
         self.layers = nn.ModuleList(layers)
 
 
