@@ -565,13 +565,7 @@ def test_non_finite_input_is_rejected(moons_fd, bad, row, col):
 
 
 # ---------------------------------------------------------------- sklearn checks
-@parametrize_with_checks(
-    [FermatDistance(density=KernelDensity(bandwidth=0.5), relax=False, n_neighbors=3)],
-)
-def test_sklearn_compatible(estimator, check):
-    check(estimator)
-
-
+# (without relaxation they run over all six estimators in tests/test_common.py)
 @pytest.mark.slow
 @parametrize_with_checks([FermatDistance(density=KernelDensity(bandwidth=0.5), n_neighbors=3)])
 def test_sklearn_compatible_with_relaxation(estimator, check):
