@@ -21,7 +21,6 @@ linearly.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -29,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ._torch.networks import ResidualMLP
+from ._torch.score_matching import train_on_minibatches
 
 __all__ = ["LogDensitySurrogate", "fit_log_density_surrogate"]
 
@@ -186,20 +186,8 @@ def fit_log_density_surrogate(
     model.to(device)
     z_all = torch.as_tensor(Z, dtype=torch.float32, device=device)
     r_all = torch.as_tensor((resid - t_mean) / t_scale, dtype=torch.float32, device=device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / n_steps))
+    return train_on_minibatches(
+        model, n_points, lambda idx: (model.residual(z_all[idx]) - r_all[idx]).pow(2).mean(),
+        n_steps=n_steps, batch_size=batch_size, lr=lr,
+        generator=torch.Generator(device="cpu").manual_seed(int(seed)), device=device,
     )
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    model.train()
-    for _ in range(n_steps):
-        idx = torch.randint(0, n_points, (min(batch_size, n_points),), generator=gen).to(device)
-        loss = (model.residual(z_all[idx]) - r_all[idx]).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model

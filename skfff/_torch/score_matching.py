@@ -10,6 +10,7 @@ Inputs are standardised per feature inside the module, so one noise level fits a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -94,17 +95,61 @@ def fit_denoising_score(
         model = ScoreMLP(mean, scale, hidden, depth)
     model.to(device)
     z_all = ((data - mean) / scale).to(device)
+
+    def batch_loss(idx: Tensor) -> Tensor:
+        eps = torch.randn((idx.shape[0], z_all.shape[1]), generator=gen).to(device)
+        z_noisy = z_all[idx] + noise * eps
+        return ((noise * model.standardised_score(z_noisy) + eps) ** 2).sum(dim=1).mean()
+
+    return train_on_minibatches(
+        model, z_all.shape[0], batch_loss, n_steps=n_steps, batch_size=batch_size, lr=lr,
+        generator=gen, device=device,
+    )
+
+
+def train_on_minibatches(
+    model: nn.Module,
+    n_rows: int,
+    batch_loss: Callable[[Tensor], Tensor],
+    *,
+    n_steps: int,
+    batch_size: int,
+    lr: float,
+    generator: torch.Generator,
+    device: str | torch.device,
+) -> nn.Module:
+    """Train a small model with Adam and a cosine decay over ``n_steps`` random mini-batches.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model, already on ``device``.
+    n_rows : int
+        Rows to draw mini-batch indices from.
+    batch_loss : callable
+        ``batch_loss(idx)``: the scalar loss of the rows ``idx`` (a LongTensor on ``device``).
+    n_steps, batch_size : int
+        Optimiser steps and rows per step (at most ``n_rows``).
+    lr : float
+        Initial learning rate, decayed to zero along a half cosine.
+    generator : torch.Generator
+        CPU generator of the indices (``batch_loss`` may draw from it too).
+    device : str or torch.device
+        Where the indices go.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``model``, in evaluation mode with its parameters frozen.
+    """
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / n_steps))
     )
-    n = z_all.shape[0]
     model.train()
     for _ in range(n_steps):
-        idx = torch.randint(0, n, (min(batch_size, n),), generator=gen).to(device)
-        eps = torch.randn((idx.shape[0], z_all.shape[1]), generator=gen).to(device)
-        z_noisy = z_all[idx] + noise * eps
-        loss = ((noise * model.standardised_score(z_noisy) + eps) ** 2).sum(dim=1).mean()
+        idx = torch.randint(0, n_rows, (min(batch_size, n_rows),), generator=generator)
+        loss = batch_loss(idx.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
