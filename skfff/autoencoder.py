@@ -226,10 +226,7 @@ class MLAutoencoder(
     def transform(self, X: Any) -> np.ndarray:
         """Encode ``X``: latent codes ``f(x)``, standard normal under the model.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Points.
+        %(parameters_X)s
 
         Returns
         -------
@@ -255,10 +252,7 @@ class MLAutoencoder(
     def reconstruction_error(self, X: Any) -> np.ndarray:
         """Squared distance between each sample and its projection on the manifold.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Points.
+        %(parameters_X)s
 
         Returns
         -------
@@ -272,10 +266,7 @@ class MLAutoencoder(
     def score_samples(self, X: Any) -> np.ndarray:
         """Log-density of the projection ``g(f(x))`` of each sample on the learnt manifold.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Points.
+        %(parameters_X)s
 
         Returns
         -------

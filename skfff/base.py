@@ -46,6 +46,7 @@ from skorch.dataset import Dataset, ValidSplit
 from skorch.utils import to_tensor
 
 from ._distributed import all_ranks, sharded_fit, shared_seed, training_loss
+from ._docstrings import FRAGMENTS, splice_class
 from ._torch.module import TrainingModule
 
 __all__ = ["BaseTorchEstimator", "TrainingModule", "fit_scaling", "resolve_device"]
@@ -340,10 +341,7 @@ _TRAINING_PARAMETERS: dict[str, tuple[str, str]] = {
     ),
 }
 
-_DOC_MARKER = "%(training_parameters)s"
-
-
-def _training_parameters_doc(cls: type, indent: str) -> str:
+def _training_parameters_doc(cls: type) -> str:
     """numpydoc entries of the shared parameters, with ``cls``'s defaults."""
     import textwrap
 
@@ -351,21 +349,14 @@ def _training_parameters_doc(cls: type, indent: str) -> str:
     lines = []
     for name, (kind, text) in _TRAINING_PARAMETERS.items():
         default = params[name].default if name in params else None
-        lines.append(f"{indent}{name} : {kind}, default={default!r}")
-        lines += textwrap.wrap(
-            text, 92 - len(indent), initial_indent=indent + "    ",
-            subsequent_indent=indent + "    ",
-        )
+        lines.append(f"{name} : {kind}, default={default!r}")
+        lines += textwrap.wrap(text, 84, initial_indent="    ", subsequent_indent="    ")
     return "\n".join(lines)
 
 
-def _splice_training_parameters(cls: type) -> None:
-    """Replace the marker line of ``cls.__doc__`` by the shared parameters' entries."""
-    doc = cls.__doc__
-    if doc and _DOC_MARKER in doc:
-        line = next(ln for ln in doc.splitlines() if _DOC_MARKER in ln)
-        indent = line[: len(line) - len(line.lstrip())]
-        cls.__doc__ = doc.replace(line, _training_parameters_doc(cls, indent))
+def _splice_docs(cls: type) -> None:
+    """Fill the ``%(name)s`` marker lines of ``cls``'s docstrings (see :mod:`skfff._docstrings`)."""
+    splice_class(cls, {**FRAGMENTS, "training_parameters": lambda: _training_parameters_doc(cls)})
 
 
 def fit_scaling(X: np.ndarray, kind: str | None = "standard") -> tuple[np.ndarray, np.ndarray]:
@@ -445,7 +436,7 @@ class BaseTorchEstimator(BaseEstimator):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _splice_training_parameters(cls)
+        _splice_docs(cls)
 
     _parameter_constraints: dict = {
         "lr": [Interval(numbers.Real, 0, None, closed="neither")],
@@ -869,4 +860,4 @@ class BaseTorchEstimator(BaseEstimator):
         return tags
 
 
-_splice_training_parameters(BaseTorchEstimator)
+_splice_docs(BaseTorchEstimator)

@@ -315,10 +315,7 @@ class DirichletLatentClassifier(
     def transform(self, X: Any) -> np.ndarray:
         """Latent mixture weights of each row.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Non-negative rows.
+        %(parameters_counts)s
 
         Returns
         -------
@@ -332,10 +329,7 @@ class DirichletLatentClassifier(
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """Log of :meth:`predict_proba`, computed stably from the log mixture weights.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Non-negative rows.
+        %(parameters_counts)s
 
         Returns
         -------
@@ -350,10 +344,7 @@ class DirichletLatentClassifier(
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities: the summed mixture weights of each class's components.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Non-negative rows.
+        %(parameters_counts)s
 
         Returns
         -------
@@ -365,10 +356,7 @@ class DirichletLatentClassifier(
     def decision_function(self, X: Any) -> np.ndarray:
         """Log-odds of the positive class (binary) or log-probabilities (multiclass).
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Non-negative rows.
+        %(parameters_counts)s
 
         Returns
         -------
@@ -383,10 +371,7 @@ class DirichletLatentClassifier(
     def predict(self, X: Any) -> np.ndarray:
         """Class with the largest summed mixture weight.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Non-negative rows.
+        %(parameters_counts)s
 
         Returns
         -------
@@ -401,10 +386,7 @@ class DirichletLatentClassifier(
         Monte-Carlo ELBO with 16 reparametrised draws from a fixed seed, so repeated calls
         agree.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Non-negative rows.
+        %(parameters_counts)s
 
         Returns
         -------
@@ -419,10 +401,7 @@ class DirichletLatentClassifier(
     def reconstruction_error(self, X: Any) -> np.ndarray:
         """Cross-entropy ``-sum_j x_j log x_hat_j`` of the reconstruction at the posterior mean.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Non-negative rows.
+        %(parameters_counts)s
 
         Returns
         -------

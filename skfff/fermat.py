@@ -31,7 +31,6 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._fermat_calibration import StraightnessCalibration, fit_straightness_calibration
 from ._fermat_device import density_device, modules_to_cpu
-from ._fermat_surrogate import fit_log_density_surrogate
 from ._graph import (
     MAX_TEMP_ELEMENTS,
     Anchors,
@@ -47,6 +46,7 @@ from ._graph import (
     symmetrise,
 )
 from ._graph import segment_log_lengths as _segment_log_lengths
+from ._torch.density_surrogate import fit_log_density_surrogate
 from ._torch.geodesics import LengthFn, relax_paths, resample_polylines
 from ._torch.score_matching import fit_denoising_score
 

@@ -218,12 +218,7 @@ class FreeFormFlow(
     def score_samples(self, X: Any, y: Any = None) -> np.ndarray:
         """Exact log-density of each sample.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Points.
-        y : array-like, default=None
-            Conditions (required for a conditional flow).
+        %(parameters_X_y)s
 
         Returns
         -------
@@ -238,12 +233,7 @@ class FreeFormFlow(
     def transform(self, X: Any, y: Any = None) -> np.ndarray:
         """Encode ``X`` into the standard normal latent space.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Points.
-        y : array-like, default=None
-            Conditions (required for a conditional flow).
+        %(parameters_X_y)s
 
         Returns
         -------

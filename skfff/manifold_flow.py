@@ -492,12 +492,7 @@ class ManifoldFreeFormFlow(
     def score_samples(self, X: Any, y: Any = None) -> np.ndarray:
         """Exact log-density of each point w.r.t. the manifold's Riemannian volume.
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_coordinates)
-            Points on the manifold.
-        y : array-like, default=None
-            Conditions (required for a conditional flow).
+        %(parameters_manifold_X_y)s
 
         Returns
         -------
@@ -517,12 +512,7 @@ class ManifoldFreeFormFlow(
     def transform(self, X: Any, y: Any = None) -> np.ndarray:
         """Encode ``X`` into latent points on the manifold (same convention as ``X``).
 
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_coordinates)
-            Points on the manifold.
-        y : array-like, default=None
-            Conditions (required for a conditional flow).
+        %(parameters_manifold_X_y)s
 
         Returns
         -------

@@ -6,14 +6,14 @@ import torch
 from torch import nn
 
 from .jacobian import log_abs_det_jacobian
-from .module import TrainingModule
+from .module import EncoderDecoder
 from .priors import standard_normal_log_prob
 from .surrogates import volume_change_surrogate
 
 __all__ = ["FreeFormFlowModule"]
 
 
-class FreeFormFlowModule(TrainingModule):
+class FreeFormFlowModule(EncoderDecoder):
     """Encoder ``f`` and decoder ``g`` of a free-form flow with its losses.
 
     Training loss per sample (Draxler et al., 2024)::
@@ -44,18 +44,8 @@ class FreeFormFlowModule(TrainingModule):
         n_hutchinson: int,
         off_data_weight: float = 0.0,
     ):
-        super().__init__()
-        self.encoder = encoder
-        self.decoder = decoder
-        self.beta = float(beta)
-        self.n_hutchinson = int(n_hutchinson)
+        super().__init__(encoder, decoder, beta, n_hutchinson)
         self.off_data_weight = float(off_data_weight)
-
-    def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        return self.encoder(x, c)
-
-    def decode(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        return self.decoder(z, c)
 
     def training_loss(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         out = volume_change_surrogate(self.encoder, self.decoder, x, c, n_probes=self.n_hutchinson)

@@ -13,7 +13,7 @@ import torch
 
 from ..manifolds.base import Manifold
 from .jacobian import jacobian_on_basis, logabsdet
-from .module import TrainingModule
+from .module import EncoderDecoder
 from .surrogates import tangent_probes, volume_change_surrogate
 
 __all__ = ["ManifoldFreeFormFlowModule", "riemannian_log_abs_det"]
@@ -45,7 +45,7 @@ def riemannian_log_abs_det(fn, manifold: Manifold, z: torch.Tensor,
     return logabsdet(manifold.tangent_basis(out).transpose(-1, -2) @ jq)
 
 
-class ManifoldFreeFormFlowModule(TrainingModule):
+class ManifoldFreeFormFlowModule(EncoderDecoder):
     """Encoder and decoder of a manifold free-form flow, with its losses.
 
     ``f = pi o f~`` and ``g = pi o g~`` where ``f~, g~`` are networks on the embedding
@@ -79,13 +79,9 @@ class ManifoldFreeFormFlowModule(TrainingModule):
                  prior: torch.nn.Module, beta: float, n_hutchinson: int = 1,
                  distance_weight: float = 1.0, cycle_weight: float = 1.0,
                  uniform_weight: float = 0.0, log_prob_via: str = "decoder"):
-        super().__init__()
-        self.encoder = encoder
-        self.decoder = decoder
+        super().__init__(encoder, decoder, beta, n_hutchinson)
         self.manifold = manifold
         self.prior = prior
-        self.beta = float(beta)
-        self.n_hutchinson = int(n_hutchinson)
         self.distance_weight = float(distance_weight)
         self.cycle_weight = float(cycle_weight)
         self.uniform_weight = float(uniform_weight)

@@ -40,10 +40,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
 from .jacobian import half_log_det_gram, jacobian_on_basis
-from .module import TrainingModule
+from .module import EncoderDecoder
 from .priors import standard_normal_log_prob
 from .surrogates import orthonormal_probes, volume_change_surrogate
 
@@ -86,7 +85,7 @@ def projection_log_prob(
     return standard_normal_log_prob(z) - half_log_det_gram(jac, scale), z, x_hat
 
 
-class MLAEModule(TrainingModule):
+class MLAEModule(EncoderDecoder):
     """Encoder ``f: R^D -> R^d`` and decoder ``g: R^d -> R^D`` of an MLAE with its losses.
 
     Training loss per sample (stable form, see the module docstring)::
@@ -108,25 +107,6 @@ class MLAEModule(TrainingModule):
     n_hutchinson : int
         Hutchinson probes per sample (at most ``d``).
     """
-
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, beta: float, n_hutchinson: int):
-        super().__init__()
-        self.encoder = encoder
-        self.decoder = decoder
-        self.beta = float(beta)
-        self.n_hutchinson = int(n_hutchinson)
-
-    def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """Latent codes ``f(x)``."""
-        return self.encoder(x, c)
-
-    def decode(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """Points ``g(z)`` on the manifold."""
-        return self.decoder(z, c)
-
-    def reconstruct(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """Projections ``g(f(x))``."""
-        return self.decoder(self.encoder(x, c), c)
 
     def training_loss(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         out = volume_change_surrogate(

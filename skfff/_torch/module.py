@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["TrainingModule"]
+__all__ = ["EncoderDecoder", "TrainingModule"]
 
 
 class TrainingModule(torch.nn.Module):
@@ -29,3 +29,33 @@ class TrainingModule(torch.nn.Module):
         ``valid_<name>``.
         """
         raise NotImplementedError
+
+
+class EncoderDecoder(TrainingModule):
+    """An encoder ``f`` and a decoder ``g`` trained with a reconstruction weight ``beta``.
+
+    The common shape of the free-form methods (FFF, M-FFF, MLAE): both networks are called
+    as ``net(x, c)``; ``n_hutchinson`` probes estimate the volume change per sample.
+    Subclasses add the method's losses (and may override :meth:`encode` / :meth:`decode`).
+    """
+
+    def __init__(
+        self, encoder: torch.nn.Module, decoder: torch.nn.Module, beta: float, n_hutchinson: int
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.beta = float(beta)
+        self.n_hutchinson = int(n_hutchinson)
+
+    def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """Latent codes ``f(x)``."""
+        return self.encoder(x, c)
+
+    def decode(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoded points ``g(z)``."""
+        return self.decoder(z, c)
+
+    def reconstruct(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """Round trips ``g(f(x))``."""
+        return self.decode(self.encode(x, c), c)

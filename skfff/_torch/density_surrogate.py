@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._torch.networks import ResidualMLP
-from ._torch.score_matching import train_on_minibatches
+from .networks import ResidualMLP
+from .score_matching import train_on_minibatches
 
 __all__ = ["LogDensitySurrogate", "fit_log_density_surrogate"]
 
