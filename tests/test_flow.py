@@ -14,7 +14,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from skfff import FreeFormFlow
-from skfff.datasets import make_gaussian_mixture_2d
+from skfff.datasets import make_gaussian_mixture_2d, make_nonlinear_gaussian
 
 FAST = {"max_epochs": 3, "hidden_features": 16, "n_blocks": 1}
 
@@ -91,6 +91,23 @@ def test_history_records_exact_validation_nll(gaussian_flow):
     assert np.all(np.isfinite(valid))
     assert valid[-1] < valid[0]
     np.testing.assert_allclose(flow.history_[:, "valid_loss"], valid + flow.beta * rec, rtol=1e-5)
+
+
+def test_default_network_learns_a_curved_4d_density():
+    """Regression guard for the defaults: a rotated 4-D chain of bananas (known density).
+
+    The default network and schedule, shortened to 80 epochs (about 10 s), come within
+    0.45 nats of the true entropy (0.31 when written) and beat the best single Gaussian by
+    more than 0.3 nats; a change that breaks training on curved densities fails here.
+    """
+    X, log_density = make_nonlinear_gaussian(2000, n_features=4, random_state=0)
+    X_test, _ = make_nonlinear_gaussian(5000, n_features=4, random_state=1)
+    entropy = -log_density(X_test).mean()
+    flow = FreeFormFlow(max_epochs=80, random_state=0).fit(X)
+    gap = -flow.score(X_test) - entropy
+    gaussian_gap = -multivariate_normal(X.mean(0), np.cov(X.T)).logpdf(X_test).mean() - entropy
+    assert 0 < gap < 0.45, gap
+    assert gaussian_gap - gap > 0.3, (gap, gaussian_gap)
 
 
 def test_conditional_continuous_follows_y():
