@@ -50,14 +50,45 @@ def test_density_integrates_to_one(gaussian_flow):
     assert total == pytest.approx(1.0, abs=0.05)
 
 
-def test_multimodal_density_integrates_to_one():
+@pytest.fixture(scope="module")
+def multimodal_flow():
     X, _ = make_gaussian_mixture_2d(1500, random_state=0)
-    flow = FreeFormFlow(max_epochs=25, hidden_features=64, random_state=0).fit(X)
+    return FreeFormFlow(max_epochs=25, hidden_features=64, random_state=0).fit(X)
+
+
+def _grid_integral(flow) -> float:
     grid = np.linspace(-8, 8, 161)
     pts = np.stack(np.meshgrid(grid, grid), -1).reshape(-1, 2)
-    total = np.exp(flow.score_samples(pts)).sum() * (grid[1] - grid[0]) ** 2
-    assert total == pytest.approx(1.0, abs=0.05)
-    assert np.isfinite(flow.score_samples(pts)).all()
+    log_p = flow.score_samples(pts)
+    assert np.isfinite(log_p).all()
+    return float(np.exp(log_p).sum() * (grid[1] - grid[0]) ** 2)
+
+
+def test_multimodal_density_integrates_to_one(multimodal_flow):
+    assert _grid_integral(multimodal_flow) == pytest.approx(1.0, abs=0.05)
+
+
+def test_normalization_constant_agrees_with_the_grid(multimodal_flow):
+    """The importance-sampling check gives the grid's integral, with an honest error bar."""
+    estimate, stderr = multimodal_flow.normalization_constant(20_000, random_state=0)
+    assert 0 < stderr < 0.02
+    assert abs(estimate - _grid_integral(multimodal_flow)) < 4 * stderr + 0.01
+    again = multimodal_flow.normalization_constant(20_000, random_state=0)
+    assert again == (estimate, stderr)
+    with pytest.raises(ValueError, match="n_points"):
+        multimodal_flow.normalization_constant(1)
+
+
+def test_normalization_constant_sees_missing_mass():
+    """A density scaled by 1/2 (shifted log-density) is reported as integrating to 1/2."""
+    X = np.random.default_rng(0).normal(size=(800, 3))
+    flow = FreeFormFlow(max_epochs=10, hidden_features=16, n_blocks=1, random_state=0).fit(X)
+    full, _ = flow.normalization_constant(20_000, random_state=0)
+    log_prob = flow.module_.log_prob
+    flow.module_.log_prob = lambda x, c=None: log_prob(x, c) - np.log(2.0)
+    half, stderr = flow.normalization_constant(20_000, random_state=0)
+    assert half == pytest.approx(full / 2, rel=1e-5)
+    assert abs(full - 1.0) < 5 * stderr * 2 + 0.05
 
 
 def test_round_trip_and_shapes(gaussian_flow):
