@@ -594,8 +594,7 @@ class ManifoldFreeFormFlow(
             divided by ``sqrt(n_points)``).
         """
         check_is_fitted(self)
-        if not isinstance(n_points, numbers.Integral) or n_points < 2:
-            raise ValueError(f"n_points must be an integer >= 2, got {n_points!r}")
+        self._check_n_samples(n_points, "n_points", minimum=2)
         return self._integral(self._via(), int(n_points), random_state, y)
 
     def _integral(self, via: str, n_points: int, random_state: Any,

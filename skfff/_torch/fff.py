@@ -56,7 +56,7 @@ class FreeFormFlowModule(EncoderDecoder):
             # Keep g close to f^-1 around the data too (points x + N(0, I)), where nothing
             # else constrains it: spurious density ridges form there otherwise.
             x_off = x + torch.randn_like(x)
-            off = (x_off - self.decoder(self.encoder(x_off, c), c)).pow(2).sum(-1).mean()
+            off = (x_off - self.reconstruct(x_off, c)).pow(2).sum(-1).mean()
             loss = loss + self.off_data_weight * self.beta * off
         return loss
 
@@ -69,7 +69,7 @@ class FreeFormFlowModule(EncoderDecoder):
         self, x: torch.Tensor, c: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         nll = -self.log_prob(x, c).mean()
-        x_hat = self.decoder(self.encoder(x, c), c)
+        x_hat = self.reconstruct(x, c)
         reconstruction = (x - x_hat).pow(2).sum(-1).mean()
         # The exact NLL alone can look good when g is not f^-1 (spurious likelihoods), so the
         # monitored loss is the training objective with the exact log-determinant.

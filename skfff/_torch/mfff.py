@@ -140,7 +140,7 @@ class ManifoldFreeFormFlowModule(EncoderDecoder):
             loss = loss + self.cycle_weight * (z_cycle - z_prior).pow(2).sum(-1)
         if self.uniform_weight:
             x_u = self.manifold.random_uniform(x.shape[0], device=x.device, dtype=x.dtype)
-            x_u_hat = self.decode(self.encode(x_u, c), c)
+            x_u_hat = self.reconstruct(x_u, c)
             loss = loss + self.uniform_weight * (x_u_hat - x_u).pow(2).sum(-1)
         return loss.mean()
 
@@ -162,7 +162,7 @@ class ManifoldFreeFormFlowModule(EncoderDecoder):
         if self.uniform_weight:
             gen = torch.Generator().manual_seed(0)
             x_u = self.manifold.random_uniform(x.shape[0], gen, dtype=x.dtype).to(x.device)
-            err = (self.decode(self.encode(x_u, c), c) - x_u).pow(2).sum(-1).mean()
+            err = (self.reconstruct(x_u, c) - x_u).pow(2).sum(-1).mean()
             out["uniform_reconstruction"] = err
             loss = loss + self.uniform_weight * err
         out["loss"] = loss
