@@ -320,7 +320,7 @@ def test_nonfinite_step_never_reaches_the_weights(device):
     for loss, grad in [(float("nan"), 1.0), (1.0, float("inf")), (1.0, 2.0)]:
         for p in params:
             p.grad = torch.full_like(p, grad)
-        skipped = net._skip_if_nonfinite(torch.tensor(loss, device=device))
+        skipped = net._clip_or_skip(torch.tensor(loss, device=device))
         assert skipped.device.type == device  # decided on the device
         bad = not (np.isfinite(loss) and np.isfinite(grad))
         assert bool(skipped) is bad
@@ -330,6 +330,20 @@ def test_nonfinite_step_never_reaches_the_weights(device):
             else:  # on a GPU: zeroed on the device, no host synchronisation
                 expected = 0.0 if bad else grad
                 torch.testing.assert_close(p.grad, torch.full_like(p, expected))
+
+
+@pytest.mark.parametrize("max_grad_norm", [None, 0.5])
+def test_training_step_clips_the_total_gradient_norm(max_grad_norm):
+    X = np.random.default_rng(0).standard_normal((32, 2))
+    net = _Mean(max_epochs=1, max_grad_norm=max_grad_norm, random_state=0).fit(X).net_
+    params = list(net.module_.parameters())
+    for p in params:
+        p.grad = torch.full_like(p, 3.0)
+    before = torch.linalg.vector_norm(torch.cat([p.grad.ravel() for p in params]))
+    assert not net._clip_or_skip(torch.tensor(1.0))
+    after = torch.linalg.vector_norm(torch.cat([p.grad.ravel() for p in params]))
+    expected = before if max_grad_norm is None else torch.tensor(max_grad_norm)
+    torch.testing.assert_close(after, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_float32_log_determinant_error_is_below_the_documented_bound():

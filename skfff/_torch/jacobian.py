@@ -6,8 +6,11 @@ One chunking rule (:func:`chunks`) bounds the number of Jacobian entries alive a
 memory stays bounded for dimensions in the hundreds. ``torch.func`` ignores an outer
 ``no_grad``, so these helpers work inside skorch's validation and prediction steps.
 
+- :func:`forward_with_tangents`: ``fn(x, c)`` and ``J_fn(x) t`` for several tangents in one
+  pass: a network's own ``forward_with_tangents`` when it has one (the default residual
+  MLPs, several times faster than ``torch.func.jvp`` on CPU), else ``torch.func.jvp``.
 - :func:`jacobian_on_basis`: ``J_fn(x) @ B`` for a basis ``B`` (the identity, or orthonormal
-  tangent bases of a manifold), one batched jvp per column.
+  tangent bases of a manifold), all columns as tangents of one pass.
 - :func:`batch_jacobian`: full Jacobians in forward or reverse mode (the cheaper one).
 - :func:`logabsdet`: ``log|det M|`` of square matrices (QR, float64 where float64 is fast).
 - :func:`half_log_det_gram`: ``1/2 log det(J^T S^2 J)`` of tall (injective) Jacobians.
@@ -26,6 +29,7 @@ __all__ = [
     "MAX_ELEMENTS",
     "batch_jacobian",
     "chunks",
+    "forward_with_tangents",
     "half_log_det_gram",
     "jacobian_on_basis",
     "log_abs_det_jacobian",
@@ -68,6 +72,52 @@ def _out_features(fn: BatchFn, x: torch.Tensor, c: torch.Tensor | None) -> int:
         return fn(x[:1], None if c is None else c[:1]).shape[-1]
 
 
+def forward_with_tangents(
+    fn: BatchFn,
+    x: torch.Tensor,
+    c: torch.Tensor | None,
+    tangents: torch.Tensor,
+    *,
+    tangent_grad: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fn(x, c)`` and ``J_fn(x) t`` for each of ``K`` tangents ``t``.
+
+    Uses ``fn.forward_with_tangents`` when ``fn`` has it (see
+    :meth:`~skfff._torch.networks.ResidualMLP.forward_with_tangents`), otherwise
+    ``torch.func.jvp`` (vectorised over the tangents after the first).
+
+    Parameters
+    ----------
+    fn : callable
+        Batched ``fn(x, c)`` with output (B, m).
+    x : Tensor of shape (B, n)
+    c : Tensor of shape (B, k) or None
+    tangents : Tensor of shape (K, B, n)
+    tangent_grad : bool, default=True
+        Whether the products may carry gradients (``False``: they are computed as
+        constants, which is cheaper; the primal output keeps its graph either way).
+
+    Returns
+    -------
+    out : Tensor of shape (B, m)
+    jvps : Tensor of shape (K, B, m)
+    """
+    own = getattr(fn, "forward_with_tangents", None)
+    if own is not None:
+        return own(x, c, tangents, tangent_grad=tangent_grad)
+
+    def along(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return jvp(lambda u: fn(u, c), (x,), (t,))
+
+    out, first = along(tangents[0])
+    if tangents.shape[0] == 1:
+        jvps = first.unsqueeze(0)
+    else:
+        rest = vmap(lambda t: along(t)[1])(tangents[1:])
+        jvps = torch.cat([first.unsqueeze(0), rest], dim=0)
+    return out, jvps if tangent_grad else jvps.detach()
+
+
 def jacobian_on_basis(
     fn: BatchFn,
     x: torch.Tensor,
@@ -76,7 +126,7 @@ def jacobian_on_basis(
     *,
     max_elements: int | None = MAX_ELEMENTS,
 ) -> torch.Tensor:
-    """``J_fn(x) @ basis`` per sample, one batched jvp per basis column.
+    """``J_fn(x) @ basis`` per sample: the basis columns as tangents of one pass.
 
     Parameters
     ----------
@@ -106,11 +156,7 @@ def jacobian_on_basis(
             cols = torch.eye(n, dtype=x.dtype, device=x.device)[:, None, :].expand(n, len(xs), n)
         else:
             cols = basis[s].movedim(-1, 0)  # (k, b, n)
-
-        def column(t: torch.Tensor, xs: torch.Tensor = xs, cs: torch.Tensor | None = cs):
-            return jvp(lambda u: fn(u, cs), (xs,), (t,))[1]
-
-        parts.append(vmap(column)(cols).movedim(0, -1))  # (b, m, k)
+        parts.append(forward_with_tangents(fn, xs, cs, cols)[1].movedim(0, -1))  # (b, m, k)
     return torch.cat(parts, dim=0)
 
 

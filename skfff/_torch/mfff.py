@@ -10,13 +10,14 @@ Riemannian volume, from Jacobians on orthonormal tangent bases.
 from __future__ import annotations
 
 import torch
+from torch.func import jvp, vmap
 
 from ..manifolds.base import Manifold
-from .jacobian import jacobian_on_basis, logabsdet
+from .jacobian import BatchFn, forward_with_tangents, jacobian_on_basis, logabsdet
 from .module import EncoderDecoder
 from .surrogates import tangent_probes, volume_change_surrogate
 
-__all__ = ["ManifoldFreeFormFlowModule", "riemannian_log_abs_det"]
+__all__ = ["ManifoldFreeFormFlowModule", "Projected", "riemannian_log_abs_det"]
 
 
 def riemannian_log_abs_det(fn, manifold: Manifold, z: torch.Tensor,
@@ -43,6 +44,33 @@ def riemannian_log_abs_det(fn, manifold: Manifold, z: torch.Tensor,
         out = fn(z, c)
     jq = jacobian_on_basis(fn, z, c, manifold.tangent_basis(z))
     return logabsdet(manifold.tangent_basis(out).transpose(-1, -2) @ jq)
+
+
+class Projected:
+    """The map ``pi o net``: a network followed by the manifold's projection.
+
+    Callable as ``fn(x, c)``; :meth:`forward_with_tangents` pushes tangents through the
+    network's own tangent pass (when it has one) and then through the projection, so the
+    Jacobian helpers and the surrogate do not differentiate the whole map with
+    ``torch.func.jvp``.
+    """
+
+    def __init__(self, net: BatchFn, manifold: Manifold) -> None:
+        self.net = net
+        self.manifold = manifold
+
+    def __call__(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        return self.manifold.project(self.net(x, c))
+
+    def forward_with_tangents(self, x: torch.Tensor, c: torch.Tensor | None,
+                              tangents: torch.Tensor, *, tangent_grad: bool = True
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``pi(net(x, c))`` and its Jacobian-vector products, shapes (B, m), (K, B, m)."""
+        raw, raw_t = forward_with_tangents(self.net, x, c, tangents, tangent_grad=tangent_grad)
+        out = self.manifold.project(raw)
+        at = raw if tangent_grad else raw.detach()
+        jvps = vmap(lambda t: jvp(self.manifold.project, (at,), (t,))[1])(raw_t)
+        return out, jvps if tangent_grad else jvps.detach()
 
 
 class ManifoldFreeFormFlowModule(EncoderDecoder):
@@ -91,11 +119,11 @@ class ManifoldFreeFormFlowModule(EncoderDecoder):
 
     def encode(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """``f(x) = pi(f~(x, c))``."""
-        return self.manifold.project(self.encoder(x, c))
+        return Projected(self.encoder, self.manifold)(x, c)
 
     def decode(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """``g(z) = pi(g~(z, c))``."""
-        return self.manifold.project(self.decoder(z, c))
+        return Projected(self.decoder, self.manifold)(x=z, c=c)
 
     def sample(self, n_samples: int, c: torch.Tensor | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
@@ -117,16 +145,19 @@ class ManifoldFreeFormFlowModule(EncoderDecoder):
         z = self.encode(x, c)
         x_hat = self.decode(z, c)
         if via == "decoder":
-            log_det = -riemannian_log_abs_det(self.decode, self.manifold, z, c, out=x_hat)
+            log_det = -riemannian_log_abs_det(Projected(self.decoder, self.manifold),
+                                              self.manifold, z, c, out=x_hat)
         elif via == "encoder":
-            log_det = riemannian_log_abs_det(self.encode, self.manifold, x, c, out=z)
+            log_det = riemannian_log_abs_det(Projected(self.encoder, self.manifold),
+                                             self.manifold, x, c, out=z)
         else:
             raise ValueError(f"via must be 'decoder' or 'encoder', got {via!r}.")
         return self.prior.log_prob(z) + log_det, x_hat
 
     def training_loss(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         z, x_hat, surrogate = volume_change_surrogate(
-            self.encode, self.decode, x, c, probes=tangent_probes(self.manifold),
+            Projected(self.encoder, self.manifold), Projected(self.decoder, self.manifold),
+            x, c, probes=tangent_probes(self.manifold),
             n_probes=self.n_hutchinson, project=self.manifold.project_tangent)
         loss = (self.beta * (x - x_hat).pow(2).sum(-1) - self.prior.log_prob(z)
                 - surrogate)

@@ -32,7 +32,8 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
-from torch.func import jvp
+
+from .jacobian import forward_with_tangents
 
 __all__ = [
     "ProbeSampler",
@@ -155,17 +156,14 @@ def volume_change_surrogate(
     z = encoder(x, c)
     if callable(probes):
         probes = probes(z.detach(), n_probes, generator)
+    # J_g(z) v for every probe: forward mode through the decoder, as constants; the primal
+    # output is the reconstruction and keeps its graph
+    x_hat, jg_v = forward_with_tangents(decoder, z, c, probes, tangent_grad=False)
+    if project is not None:
+        jg_v = project(x.detach(), jg_v)
     surrogate = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    x_hat = None
-    for v in probes:
+    for v, u in zip(probes, jg_v, strict=True):
         # v^T J_f(x): reverse mode through the encoder, graph kept (carries the gradient)
         (v_jf,) = torch.autograd.grad(z, x, v, create_graph=True)
-        # J_g(z) v: forward mode through the decoder; the primal output is the reconstruction
-        out, jg_v = jvp(lambda zz: decoder(zz, c), (z,), (v,))
-        if x_hat is None:
-            x_hat = out
-        jg_v = jg_v.detach()
-        if project is not None:
-            jg_v = project(x.detach(), jg_v)
-        surrogate = surrogate + (v_jf * jg_v).sum(-1)
+        surrogate = surrogate + (v_jf * u).sum(-1)
     return SurrogateOutput(z, x_hat, surrogate / probes.shape[0])
