@@ -24,7 +24,16 @@ import numpy as np
 from scipy import stats
 from scipy.special import logsumexp
 
-__all__ = ["importance_integral"]
+__all__ = ["FIT_CHECK_POINTS", "importance_integral", "is_normalised"]
+
+#: Points of the normalisation check that ``fit`` runs (FreeFormFlow, ManifoldFreeFormFlow).
+FIT_CHECK_POINTS = 20_000
+
+
+def is_normalised(estimate: float, stderr: float, tol: float = 0.03) -> bool:
+    """Whether a Monte Carlo integral is 1 to within ``tol`` plus two standard errors
+    (False for NaN)."""
+    return bool(abs(estimate - 1.0) <= tol + 2.0 * stderr)
 
 #: Rows of log-density evaluated at once.
 _BLOCK = 20_000

@@ -16,6 +16,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from ._conditioning import ConditionalMixin
+from ._normalization import FIT_CHECK_POINTS, is_normalised
 from ._torch.mfff import ManifoldFreeFormFlowModule
 from ._torch.networks import ResidualMLP, make_network
 from .base import BaseTorchEstimator
@@ -36,19 +37,12 @@ _MANIFOLD_NAMES = {"sphere", "torus", "so3"}
 #: S^2 score 5.1; two wrapped normals with sigma = 0.5 on T^2, 8.6).
 _REFERENCE_CONCENTRATION = 10.0
 _MAX_BETA_SCALE = 10.0
-#: Uniform points of the normalisation check run at the end of ``fit``.
-_FIT_CHECK_POINTS = 20_000
 
 
 def _kth_neighbour_sq(P: np.ndarray, k: int) -> float:
     """Median squared distance from a point of ``P`` to its ``k``-th nearest neighbour."""
     dist, _ = NearestNeighbors(n_neighbors=k + 1).fit(P).kneighbors(P)
     return float(np.median(dist[:, -1] ** 2))
-
-
-def _normalised(estimate: float, stderr: float) -> bool:
-    """Whether a Monte Carlo integral is 1 to within 3 % plus two standard errors."""
-    return bool(abs(estimate - 1.0) <= 0.03 + 2.0 * stderr)  # False for NaN
 
 
 def concentration(E: np.ndarray, manifold: Manifold, n_neighbors: int = 10,
@@ -465,23 +459,23 @@ class ManifoldFreeFormFlow(
         self.log_prob_via_ = "encoder" if self.log_prob_via == "encoder" else "decoder"
         if not self.check_normalization or C is not None:
             return
-        self.normalization_ = self._integral(self.log_prob_via_, _FIT_CHECK_POINTS, 0)
-        if self.log_prob_via == "auto" and not _normalised(*self.normalization_):
-            encoder = self._integral("encoder", _FIT_CHECK_POINTS, 0)
-            if _normalised(*encoder):
+        self.normalization_ = self._integral(self.log_prob_via_, FIT_CHECK_POINTS, 0)
+        if self.log_prob_via == "auto" and not is_normalised(*self.normalization_):
+            encoder = self._integral("encoder", FIT_CHECK_POINTS, 0)
+            if is_normalised(*encoder):
                 self.log_prob_via_, self.normalization_ = "encoder", encoder
         estimate, stderr = self.normalization_
-        if not _normalised(estimate, stderr):
+        if not is_normalised(estimate, stderr):
             warnings.warn(
                 f"The density learnt by {type(self).__name__} integrates to {estimate:.3g} "
                 f"+- {stderr:.2g} over the manifold instead of 1 (Monte Carlo with "
-                f"{_FIT_CHECK_POINTS} uniform points; log_prob_via_={self.log_prob_via_!r}), "
+                f"{FIT_CHECK_POINTS} uniform points; log_prob_via_={self.log_prob_via_!r}), "
                 "so score_samples is not a normalised log-density: the decoder is not yet "
                 "the inverse of the encoder on all of the manifold. Train longer "
                 "(max_epochs) or raise beta_scale; check with normalization_constant(). "
                 "Pass check_normalization=False to skip this check.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
     # -------------------------------------------------------------- sklearn

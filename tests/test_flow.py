@@ -91,6 +91,41 @@ def test_normalization_constant_sees_missing_mass():
     assert abs(full - 1.0) < 5 * stderr * 2 + 0.05
 
 
+def test_fit_checks_the_normalisation_in_low_dimension(multimodal_flow):
+    """``fit`` stores the end-of-fit integral (2-D: checked by default) and it agrees with
+    the grid; above 3 features, for conditional flows, or when switched off, it is None."""
+    estimate, stderr = multimodal_flow.normalization_
+    assert abs(estimate - _grid_integral(multimodal_flow)) < 4 * stderr + 0.01
+    X4 = np.random.default_rng(0).normal(size=(200, 4))
+    assert FreeFormFlow(**FAST, random_state=0).fit(X4).normalization_ is None
+    X2 = X4[:, :2]
+    off = FreeFormFlow(**FAST, check_normalization=False, random_state=0).fit(X2)
+    assert off.normalization_ is None
+    cond = FreeFormFlow(**FAST, conditional=True, random_state=0).fit(X2, X4[:, 2] > 0)
+    assert cond.normalization_ is None
+    forced = FreeFormFlow(**FAST, check_normalization=True, random_state=0).fit(X4)
+    assert forced.normalization_ is not None and np.isfinite(forced.normalization_).all()
+
+
+def test_fit_warns_when_the_density_does_not_integrate_to_one():
+    """A decoder that is not the encoder's inverse (here g = 2 f^-1, frozen by a tiny lr)
+    gives a density of total mass 1/4 in 2-D: fit says so."""
+    import torch
+
+    def linear(scale):
+        net = torch.nn.Linear(2, 2, bias=False)
+        torch.nn.init.eye_(net.weight)
+        net.weight.data.mul_(scale)
+        return net
+
+    X = np.random.default_rng(0).normal(size=(300, 2))
+    flow = FreeFormFlow(encoder=linear(1.0), decoder=linear(2.0), lr=1e-9, max_epochs=1,
+                        random_state=0)
+    with pytest.warns(UserWarning, match=r"integrates to 0\.2[45]"):
+        flow.fit(X)
+    assert flow.normalization_[0] == pytest.approx(0.25, rel=0.03)
+
+
 def test_round_trip_and_shapes(gaussian_flow):
     flow, dist, _ = gaussian_flow
     X = dist.rvs(size=50, random_state=2)
