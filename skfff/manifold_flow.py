@@ -171,7 +171,10 @@ class ManifoldFreeFormFlow(
         scale, the decoder density has narrow spikes (near folds of ``g``) and integrates
         to well over 1. ``"auto"``: the decoder density if the check of
         ``check_normalization`` finds it normalised, else the encoder density if that one
-        is (the choice is ``log_prob_via_``); the decoder's without the check.
+        is, or if neither is, the one whose integral is nearer to 1 (the choice is
+        ``log_prob_via_``); the decoder's without the check. On the earth data the encoder
+        density was the better normalised one in every fit where they differed
+        (``benchmarks/README.rst``).
     check_normalization : bool, default=True
         At the end of ``fit``, integrate the learnt density over the manifold with 20 000
         uniform points (see :meth:`normalization_constant`; a few seconds on a CPU for
@@ -462,7 +465,10 @@ class ManifoldFreeFormFlow(
         self.normalization_ = self._integral(self.log_prob_via_, FIT_CHECK_POINTS, 0)
         if self.log_prob_via == "auto" and not is_normalised(*self.normalization_):
             encoder = self._integral("encoder", FIT_CHECK_POINTS, 0)
-            if is_normalised(*encoder):
+            # the encoder density if it is normalised, or (neither being) if it is the
+            # nearer to 1 (in ratio): it needs only f one-to-one, not g = f^-1 everywhere
+            nearer = abs(np.log(encoder[0])) < abs(np.log(self.normalization_[0]))
+            if is_normalised(*encoder) or (nearer and np.isfinite(encoder[0])):
                 self.log_prob_via_, self.normalization_ = "encoder", encoder
         estimate, stderr = self.normalization_
         if not is_normalised(estimate, stderr):

@@ -137,6 +137,24 @@ def test_auto_falls_back_to_the_normalised_encoder_density():
     assert np.all(np.abs(decoder + math.log(4 * math.pi)) > 1e-3)
 
 
+@pytest.mark.parametrize(
+    ("decoder", "encoder", "chosen"),
+    [((1.5, 0.01), (1.2, 0.01), "encoder"),  # neither normalised: the nearer to 1
+     ((1.1, 0.01), (0.5, 0.01), "decoder"),  # nearer in ratio: |log 1.1| < |log 0.5|
+     ((2.0, 0.01), (float("nan"), float("nan")), "decoder")],
+)
+def test_auto_takes_the_better_normalised_density(monkeypatch, decoder, encoder, chosen):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        flow = _stretched_flow()
+    integrals = {"decoder": decoder, "encoder": encoder}
+    monkeypatch.setattr(flow, "_integral", lambda via, *args, **kwargs: integrals[via])
+    with pytest.warns(UserWarning, match=f"log_prob_via_='{chosen}'"):
+        flow._after_fit(None, None, None)
+    assert flow.log_prob_via_ == chosen
+    assert flow.normalization_ == integrals[chosen]
+
+
 def test_normalization_constant_standard_error_is_honest():
     flow = _stretched_flow(log_prob_via="decoder", check_normalization=False)
     truth = _stretched_integral()
