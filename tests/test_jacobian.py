@@ -211,7 +211,9 @@ def test_dispatch_uses_the_networks_tangent_pass_and_falls_back():
     tangents = torch.randn(3, 6, 4, dtype=torch.float64)
     a = forward_with_tangents(net, x, None, tangents)
     b = forward_with_tangents(wrapped, x, None, tangents)
+    one_by_one = forward_with_tangents(wrapped, x, None, tangents, vectorize=False)
     torch.testing.assert_close(a, b)
+    torch.testing.assert_close(one_by_one, b)
     torch.testing.assert_close(log_abs_det_jacobian(net, x), log_abs_det_jacobian(wrapped, x))
     torch.testing.assert_close(jacobian_on_basis(net, x), batch_jacobian(wrapped, x))
 

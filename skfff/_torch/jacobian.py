@@ -79,12 +79,15 @@ def forward_with_tangents(
     tangents: torch.Tensor,
     *,
     tangent_grad: bool = True,
+    vectorize: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``fn(x, c)`` and ``J_fn(x) t`` for each of ``K`` tangents ``t``.
 
     Uses ``fn.forward_with_tangents`` when ``fn`` has it (see
     :meth:`~skfff._torch.networks.ResidualMLP.forward_with_tangents`), otherwise
-    ``torch.func.jvp`` (vectorised over the tangents after the first).
+    ``torch.func.jvp``, vectorised over the tangents after the first with ``vmap`` or, with
+    ``vectorize=False``, one after the other (for a user's network that ``vmap`` cannot
+    batch).
 
     Parameters
     ----------
@@ -96,6 +99,8 @@ def forward_with_tangents(
     tangent_grad : bool, default=True
         Whether the products may carry gradients (``False``: they are computed as
         constants, which is cheaper; the primal output keeps its graph either way).
+    vectorize : bool, default=True
+        Batch the fallback's jvps with ``vmap``.
 
     Returns
     -------
@@ -112,9 +117,11 @@ def forward_with_tangents(
     out, first = along(tangents[0])
     if tangents.shape[0] == 1:
         jvps = first.unsqueeze(0)
-    else:
+    elif vectorize:
         rest = vmap(lambda t: along(t)[1])(tangents[1:])
         jvps = torch.cat([first.unsqueeze(0), rest], dim=0)
+    else:
+        jvps = torch.stack([first, *(along(t)[1] for t in tangents[1:])])
     return out, jvps if tangent_grad else jvps.detach()
 
 

@@ -158,7 +158,8 @@ def volume_change_surrogate(
         probes = probes(z.detach(), n_probes, generator)
     # J_g(z) v for every probe: forward mode through the decoder, as constants; the primal
     # output is the reconstruction and keeps its graph
-    x_hat, jg_v = forward_with_tangents(decoder, z, c, probes, tangent_grad=False)
+    x_hat, jg_v = forward_with_tangents(decoder, z, c, probes, tangent_grad=False,
+                                        vectorize=False)
     if project is not None:
         jg_v = project(x.detach(), jg_v)
     surrogate = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
