@@ -476,9 +476,12 @@ class ManifoldFreeFormFlow(
                 f"The density learnt by {type(self).__name__} integrates to {estimate:.3g} "
                 f"+- {stderr:.2g} over the manifold instead of 1 (Monte Carlo with "
                 f"{FIT_CHECK_POINTS} uniform points; log_prob_via_={self.log_prob_via_!r}), "
-                "so score_samples is not a normalised log-density: the decoder is not yet "
-                "the inverse of the encoder on all of the manifold. Train longer "
-                "(max_epochs) or raise beta_scale; check with normalization_constant(). "
+                "so score_samples is not a normalised log-density: "
+                + ("the decoder is not yet the inverse of the encoder on all of the manifold"
+                   if self.log_prob_via_ == "decoder" else
+                   "the encoder is not one-to-one on all of the manifold")
+                + ". Train longer (max_epochs) or raise beta_scale; check with "
+                "normalization_constant(). "
                 "Pass check_normalization=False to skip this check.",
                 UserWarning,
                 stacklevel=4,
