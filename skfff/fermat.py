@@ -62,7 +62,10 @@ def _default_density() -> BaseEstimator:
         from .flow import FreeFormFlow
     except ImportError:  # pragma: no cover - FreeFormFlow ships with skfff
         return KernelDensity(bandwidth="scott")
-    return FreeFormFlow()
+    # A distance under p^(-beta) does not depend on p's total mass (a constant factor
+    # scales every length alike), so the flow's own normalisation check, and its warning
+    # that the user could only act on through density=, are skipped.
+    return FreeFormFlow(check_normalization=False)
 
 
 class FermatDistance(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):

@@ -527,7 +527,10 @@ def test_default_density_is_freeformflow():
     assert isinstance(fd.density_, FreeFormFlow)
     assert fd.density is not fd.density_  # cloned, the parameter is untouched
     assert np.isfinite(fd.pairwise()).all()
-    assert isinstance(_default_density(), FreeFormFlow)
+    default = _default_density()
+    assert isinstance(default, FreeFormFlow)
+    # a distance does not depend on the density's total mass: no normalisation check
+    assert default.check_normalization is False
 
 
 # ---------------------------------------------------------------- errors
