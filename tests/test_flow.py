@@ -6,6 +6,8 @@ in test_common.py.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
@@ -85,7 +87,7 @@ def test_normalization_constant_sees_missing_mass():
     flow = FreeFormFlow(max_epochs=10, hidden_features=16, n_blocks=1, random_state=0).fit(X)
     full, _ = flow.normalization_constant(20_000, random_state=0)
     log_prob = flow.module_.log_prob
-    flow.module_.log_prob = lambda x, c=None: log_prob(x, c) - np.log(2.0)
+    flow.module_.log_prob = lambda x, c=None, via="decoder": log_prob(x, c, via) - np.log(2.0)
     half, stderr = flow.normalization_constant(20_000, random_state=0)
     assert half == pytest.approx(full / 2, rel=1e-5)
     assert abs(full - 1.0) < 5 * stderr * 2 + 0.05
@@ -120,10 +122,50 @@ def test_fit_warns_when_the_density_does_not_integrate_to_one():
 
     X = np.random.default_rng(0).normal(size=(300, 2))
     flow = FreeFormFlow(encoder=linear(1.0), decoder=linear(2.0), lr=1e-9, max_epochs=1,
-                        random_state=0)
+                        log_prob_via="decoder", random_state=0)
     with pytest.warns(UserWarning, match=r"integrates to 0\.2[45]"):
         flow.fit(X)
     assert flow.normalization_[0] == pytest.approx(0.25, rel=0.03)
+    # "auto" takes the encoder density instead: f is one-to-one, so it is normalised
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        auto = flow.set_params(log_prob_via="auto").fit(X)
+    assert auto.log_prob_via_ == "encoder"
+    assert auto.normalization_[0] == pytest.approx(1.0, abs=0.02)
+    x = auto._scaled(X[:5])
+    expected = multivariate_normal(np.zeros(2)).logpdf(x) - np.log(auto.scale_).sum()
+    np.testing.assert_allclose(auto.score_samples(X[:5]), expected, atol=1e-4)
+
+
+def test_encoder_and_decoder_densities_agree_when_g_inverts_f(gaussian_flow):
+    flow, dist, _ = gaussian_flow
+    X = dist.rvs(size=300, random_state=3)
+    via = {v: flow.set_params(log_prob_via=v).score_samples(X) for v in ("decoder", "encoder")}
+    flow.set_params(log_prob_via="auto")
+    assert np.median(np.abs(via["decoder"] - via["encoder"])) < 0.03
+
+
+@pytest.mark.parametrize(
+    ("decoder", "encoder", "chosen"),
+    [((1.5, 0.01), (1.2, 0.01), "encoder"), ((1.01, 0.01), (1.01, 0.01), "decoder"),
+     ((1.1, 0.01), (0.5, 0.01), "decoder"), ((2.0, 0.1), None, "decoder")],
+)
+def test_auto_takes_the_better_normalised_density(monkeypatch, decoder, encoder, chosen):
+    """The nearer integral to 1 in ratio wins; the decoder's on a tie or when the encoder's
+    cannot be computed (None: non-finite log-densities)."""
+    X = np.random.default_rng(0).normal(size=(200, 2))
+    flow = FreeFormFlow(**FAST, check_normalization=False, random_state=0).fit(X)
+
+    def integral(via, *args, **kwargs):
+        if via == "encoder" and encoder is None:
+            raise FloatingPointError("not finite")
+        return {"decoder": decoder, "encoder": encoder}[via]
+
+    monkeypatch.setattr(flow, "_integral", integral)
+    flow.log_prob_via_, flow.normalization_ = "decoder", decoder
+    flow._take_the_better_normalised()
+    assert flow.log_prob_via_ == chosen
+    assert flow.normalization_ == (decoder if chosen == "decoder" else encoder)
 
 
 def test_round_trip_and_shapes(gaussian_flow):

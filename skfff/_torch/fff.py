@@ -60,10 +60,18 @@ class FreeFormFlowModule(EncoderDecoder):
             loss = loss + self.off_data_weight * self.beta * off
         return loss
 
-    def log_prob(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        """Exact log-density through the decoder's Jacobian at ``f(x)``."""
+    def log_prob(self, x: torch.Tensor, c: torch.Tensor | None = None,
+                 via: str = "decoder") -> torch.Tensor:
+        """Exact log-density: through the decoder's Jacobian at ``f(x)`` (``via="decoder"``,
+        the density of the samples ``g(z)`` when ``g = f^-1``), or through the encoder's,
+        ``log N(f(x); 0, I) + log|det J_f(x)|`` (``via="encoder"``, normalised whenever
+        ``f`` is one-to-one, whatever ``g``)."""
         z = self.encoder(x, c)
-        return standard_normal_log_prob(z) - log_abs_det_jacobian(self.decoder, z, c)
+        if via == "decoder":
+            return standard_normal_log_prob(z) - log_abs_det_jacobian(self.decoder, z, c)
+        if via == "encoder":
+            return standard_normal_log_prob(z) + log_abs_det_jacobian(self.encoder, x, c)
+        raise ValueError(f"via must be 'decoder' or 'encoder', got {via!r}.")
 
     def validation_loss(
         self, x: torch.Tensor, c: torch.Tensor | None = None
