@@ -24,7 +24,7 @@ import numpy as np
 from scipy import stats
 from scipy.special import logsumexp
 
-__all__ = ["FIT_CHECK_POINTS", "importance_integral", "is_normalised"]
+__all__ = ["FIT_CHECK_POINTS", "importance_integral", "is_normalised", "nearer_to_one"]
 
 #: Points of the normalisation check that ``fit`` runs (FreeFormFlow, ManifoldFreeFormFlow).
 FIT_CHECK_POINTS = 20_000
@@ -34,6 +34,14 @@ def is_normalised(estimate: float, stderr: float, tol: float = 0.03) -> bool:
     """Whether a Monte Carlo integral is 1 to within ``tol`` plus two standard errors
     (False for NaN)."""
     return bool(abs(estimate - 1.0) <= tol + 2.0 * stderr)
+
+
+def nearer_to_one(candidate: float, current: float) -> bool:
+    """Whether the integral ``candidate`` is nearer to 1 than ``current``, in ratio
+    (``|log Z|``), or is finite where ``current`` is not; False on a tie."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        nearer = bool(abs(np.log(candidate)) < abs(np.log(current)))
+    return nearer or (not np.isfinite(current) and bool(np.isfinite(candidate)))
 
 #: Rows of log-density evaluated at once.
 _BLOCK = 20_000

@@ -15,7 +15,12 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._conditioning import ConditionalMixin
-from ._normalization import FIT_CHECK_POINTS, importance_integral, is_normalised
+from ._normalization import (
+    FIT_CHECK_POINTS,
+    importance_integral,
+    is_normalised,
+    nearer_to_one,
+)
 from ._torch.fff import FreeFormFlowModule
 from ._torch.networks import ResidualMLP, make_network
 from .base import BaseTorchEstimator
@@ -291,9 +296,7 @@ class FreeFormFlow(
             encoder = self._integral("encoder", FIT_CHECK_POINTS, 0)
         except FloatingPointError:
             return
-        with np.errstate(divide="ignore", invalid="ignore"):
-            nearer = abs(np.log(encoder[0])) < abs(np.log(self.normalization_[0]))
-        if nearer:
+        if nearer_to_one(encoder[0], self.normalization_[0]):
             self.log_prob_via_, self.normalization_ = "encoder", encoder
 
     # -------------------------------------------------------------- sklearn

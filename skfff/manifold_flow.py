@@ -16,7 +16,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from ._conditioning import ConditionalMixin
-from ._normalization import FIT_CHECK_POINTS, is_normalised
+from ._normalization import FIT_CHECK_POINTS, is_normalised, nearer_to_one
 from ._torch.mfff import ManifoldFreeFormFlowModule
 from ._torch.networks import ResidualMLP, make_network
 from .base import BaseTorchEstimator
@@ -470,10 +470,7 @@ class ManifoldFreeFormFlow(
             # the density whose integral is the nearer to 1 (in ratio; the decoder's on a
             # tie): the encoder's needs only f one-to-one, not g = f^-1 everywhere
             encoder = self._integral("encoder", FIT_CHECK_POINTS, 0)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                nearer = abs(np.log(encoder[0])) < abs(np.log(self.normalization_[0]))
-            if nearer or (not np.isfinite(self.normalization_[0])
-                           and np.isfinite(encoder[0])):
+            if nearer_to_one(encoder[0], self.normalization_[0]):
                 self.log_prob_via_, self.normalization_ = "encoder", encoder
         estimate, stderr = self.normalization_
         if not is_normalised(estimate, stderr):
