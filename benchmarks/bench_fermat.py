@@ -21,10 +21,12 @@ pairs of the same data (median relative difference).
 
 Cost: fit + full matrix at n = 1 000 / 5 000 (``--n-cost`` for more) in 2-D with the true
 density: seconds and peak traced memory, calibrated and graph-only, beside the ``fermat``
-package. Speed: the issue's new-user case, FreeFormFlow density on 500 two-moons points,
-then ``pairwise`` of 60 of them (1 770 relaxed pairs). Clustering: ARI of DBSCAN (best eps
-on a grid, for every metric alike), HDBSCAN and average linkage on moons, circles and a 10-D
-set of two curved clusters, Fermat (default density) against Euclidean.
+package. Sparse: ``kneighbors_graph(15)`` at ``--n-sparse`` points (20 000 by default,
+100 000 is about 10 CPU minutes) in 2-D and 10-D with the true density, and DBSCAN on it
+(not in the default sections). Speed: the issue's new-user case, FreeFormFlow density on
+500 two-moons points, then ``pairwise`` of 60 of them (1 770 relaxed pairs). Clustering:
+ARI of DBSCAN (best eps on a grid, for every metric alike), HDBSCAN and average linkage on
+moons, circles and a 10-D set of two curved clusters, Fermat (default density) against Euclidean.
 
 Times are CPU seconds of this (single-threaded) process, ``time.process_time``: on a shared
 machine they are what an idle core would take, where wall time is not.
@@ -32,7 +34,8 @@ machine they are what an idle core would take, where wall time is not.
 Run (about 10 minutes on an idle 2-core machine)::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_fermat.py [--n 10000] [--dims 2 5 10]
-        [--n-cost 1000 5000 20000] [--sections accuracy cost speed clustering]
+        [--n-cost 1000 5000 20000] [--n-sparse 100000]
+        [--sections accuracy cost sparse speed clustering]
 """
 
 from __future__ import annotations
@@ -187,6 +190,25 @@ def cost(sizes, seed):
         print(f"{n:>6} | " + " | ".join(cells), flush=True)
 
 
+def sparse(sizes, dims, seed):
+    print("\n== sparse: kneighbors_graph(15), true density, calibrated (CPU s / peak traced MiB)")
+    print(f"{'n':>7} {'D':>3} | {'fit':>14} | {'kneighbors':>14} | DBSCAN s")
+    for n in sizes:
+        for dim in dims:
+            X = np.random.default_rng(seed).normal(size=(n, dim))
+            g = StandardNormal(dim)
+            fd = FermatDistance(density=g, prefit=True, score_function=g.grad, random_state=0)
+            _, t_fit, m_fit = measure(lambda fd=fd, X=X: fd.fit(X))
+            K, t_k, m_k = measure(lambda fd=fd: fd.kneighbors_graph(n_neighbors=15))
+            t0 = time.process_time()
+            DBSCAN(eps=float(np.quantile(K.data, 0.5)), metric="precomputed").fit(K)
+            print(
+                f"{n:>7} {dim:>3} | {t_fit:6.1f} /{m_fit:6.0f} | {t_k:6.1f} /{m_k:6.0f} | "
+                f"{time.process_time() - t0:.1f}",
+                flush=True,
+            )
+
+
 def speed(seed):
     print("\n== speed, default density (FreeFormFlow) on 500 two-moons points")
     X, _ = make_moons(500, noise=0.05, random_state=seed)
@@ -252,11 +274,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000, help="sample size of the accuracy runs")
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 5, 10])
     parser.add_argument("--n-cost", type=int, nargs="+", default=[1000, 5000])
+    parser.add_argument("--n-sparse", type=int, nargs="+", default=[20000])
     parser.add_argument(
         "--sections",
         nargs="+",
         default=["accuracy", "cost", "speed", "clustering"],
-        choices=["accuracy", "cost", "speed", "clustering"],
+        choices=["accuracy", "cost", "sparse", "speed", "clustering"],
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -265,6 +288,8 @@ def main() -> None:
         accuracy(args.dims, args.n, seed=0)
     if "cost" in args.sections:
         cost(args.n_cost, seed=0)
+    if "sparse" in args.sections:
+        sparse(args.n_sparse, [2, 10], seed=0)
     if "speed" in args.sections:
         speed(seed=0)
     if "clustering" in args.sections:

@@ -56,6 +56,11 @@ _MAX_LOG = 700.0  # exp(700) is still a finite float64
 #: ``rows x n`` intermediate is built in chunks of at most this many entries.
 MAX_TEMP_ELEMENTS = 1 << 22
 
+#: Sources per cut-short Dijkstra block (``kneighbors_graph``): each block allocates
+#: ``rows x |nodes within reach of the block|``, so small blocks of sources that reach
+#: the same nodes are cheapest.
+NEAREST_BLOCK = 32
+
 
 @dataclass
 class LogWeight:
@@ -542,6 +547,32 @@ def _block_distances(
     return BlockResult(rows, D, rows[near_i], near_c, pi, pc, paths, nearest)
 
 
+def _undirected(graph: csr_matrix) -> csr_matrix:
+    """The graph as ``dijkstra(directed=False)`` walks it: each edge both ways, at the
+    smaller of its two weights where both directions are stored."""
+    c = graph.tocoo()
+    r = np.concatenate([c.row, c.col])
+    q = np.concatenate([c.col, c.row])
+    w = np.concatenate([c.data, c.data])
+    order = np.lexsort((w, q, r))
+    r, q, w = r[order], q[order], w[order]
+    first = np.ones(len(r), dtype=bool)
+    first[1:] = (r[1:] != r[:-1]) | (q[1:] != q[:-1])
+    return csr_matrix((w[first], (r[first], q[first])), shape=graph.shape)
+
+
+def _kth_edge(und: csr_matrix, k: int) -> np.ndarray:
+    """Each node's ``k``-th shortest edge of the undirected graph (``inf`` below ``k``
+    edges): an upper bound on its ``k``-th nearest graph distance."""
+    n = und.shape[0]
+    out = np.full(n, np.inf)
+    deg = np.diff(und.indptr)
+    for i in np.flatnonzero(deg >= k):
+        w = und.data[und.indptr[i] : und.indptr[i + 1]]
+        out[i] = np.partition(w, k - 1)[k - 1]
+    return out
+
+
 def _block_nearest_training(
     graph: csr_matrix,
     edges: EdgeTable | None,
@@ -550,47 +581,63 @@ def _block_nearest_training(
     Q2: Anchors,
     correction: Callable[[np.ndarray], np.ndarray] | None,
     k: int,
+    bound: np.ndarray | None = None,
 ) -> BlockResult:
     """The ``k`` nearest training points of training points, by Dijkstra runs cut short.
 
-    Each source explores the graph only up to a distance ``limit`` (doubled for the sources
-    where that does not settle the answer), so the cost per source is local, ``O(k log k)``
-    rather than ``O(n log n)``. With a correction whose smallest factor is ``r``, a node
-    beyond ``limit`` is at least ``r * limit`` away, so the ``k`` nearest found inside are
-    exact once the ``k``-th is below ``r * limit``.
+    Each source explores the graph only up to a distance ``limit``, so the cost per source
+    is local. With a correction whose smallest factor is ``r``, a node beyond ``limit`` is
+    at least ``r * limit`` away, so the ``k`` nearest found inside are exact once the
+    ``k``-th is below ``r * limit``; where it is not, the search is repeated with a limit
+    just large enough. The first limit comes from ``bound`` (each source's ``k``-th
+    shortest edge, which is no shorter than its ``k``-th nearest distance) when every source
+    of the block has one, else from the median edge. The searches run on the subgraph of
+    nodes within ``limit`` of some source of the block (one multi-source Dijkstra finds
+    it): distances up to ``limit`` are the same there, and the per-source arrays are
+    ``rows x |subgraph|`` rather than ``rows x n``.
     """
     n = graph.shape[0]
     floor = 1.0 if correction is None else float(np.min(correction(np.linspace(0, 1, 101))))
-    limit = 4.0 * float(np.median(graph.data)) * max(1.0, np.sqrt(k))
+    at_one = 1.0 if correction is None else float(correction(np.ones(1))[0])
     m = len(rows)
+    if bound is not None and np.isfinite(bound).all():
+        limit = float(np.max(bound)) * at_one / floor * (1 + 1e-9)
+    else:
+        limit = 4.0 * float(np.median(graph.data)) * max(1.0, np.sqrt(k))
     nearest = np.empty((m, k), dtype=np.int64)
     values = np.empty((m, k))
     todo = np.arange(m)
     while todo.size:
-        G, pred = dijkstra(
-            graph, directed=False, indices=rows[todo], return_predecessors=True, limit=limit
-        )
-        cols = np.flatnonzero(np.isfinite(G).any(axis=0))
-        G = G[:, cols]
+        ball = dijkstra(graph, directed=False, indices=rows[todo], min_only=True, limit=limit)
+        cols = np.flatnonzero(np.isfinite(ball))
+        sub = graph[cols][:, cols]
+        src = np.searchsorted(cols, rows[todo])
+        G, local = dijkstra(sub, directed=False, indices=src, return_predecessors=True, limit=limit)
+        reached = np.isfinite(G).any(axis=0)
+        G, local = G[:, reached], local[:, reached]
+        pos = np.full(len(cols), -1, dtype=np.int64)
+        pos[reached] = np.arange(reached.sum())
+        cols = cols[reached]
+        src = pos[src]
         if correction is not None:
-            pos = np.full(n, -1, dtype=np.int64)
-            pos[cols] = np.arange(len(cols))
-            local = pred[:, cols]
             local = np.where(local < 0, -1, pos[np.maximum(local, 0)])
             E = _tree_euclid(local, rows[todo], edges, nodes=cols)
             chord = euclidean_distances(q1.points[todo], Q2.points[cols])
             with np.errstate(divide="ignore", invalid="ignore"):
                 straight = np.where(E > 0, np.minimum(chord / E, 1.0), 1.0)
             G = G * correction(straight.ravel()).reshape(G.shape)
-        G[np.arange(len(todo)), np.searchsorted(cols, rows[todo])] = np.inf  # not itself
+        # a source whose own search reached every node has nothing left outside its limit
+        # (the union of the block's searches reaching every node is not enough)
+        complete = (len(cols) == n) & np.isfinite(G).all(axis=1)
+        G[np.arange(len(todo)), src] = np.inf  # not itself
         reach = min(k, len(cols) - 1)
         part = _nearest_columns(G, None, reach) if reach > 0 else np.zeros((len(todo), 0), int)
         val = np.take_along_axis(G, part, axis=1)
         settled = (reach == k) & np.isfinite(val).all(axis=1)
         if reach == k:
-            settled &= (val[:, -1] <= floor * limit) | (len(cols) == n)
+            settled &= (val[:, -1] <= floor * limit) | complete
         else:
-            settled &= len(cols) == n
+            settled &= complete
         if settled.any():
             nearest[todo[settled]] = cols[part[settled]]
             values[todo[settled]] = val[settled]
@@ -674,21 +721,42 @@ def query_distances(
     if n_workers > 1:  # enough blocks to keep every worker busy
         n_blocks = max(n_blocks, min(len(Q1), 4 * n_workers))
     order = np.arange(len(Q1))
-    if n_nearest is not None and Q1.is_train and Q2.is_train:
+    nearest_training = n_nearest is not None and Q1.is_train and Q2.is_train
+    if nearest_training:
         # Cut-short searches from nearby sources reach the same few nodes: blocks of
         # graph-neighbouring rows (reverse Cuthill-McKee order) keep their union small.
-        sym = (graph + graph.T).tocsr()
-        order = reverse_cuthill_mckee(sym, symmetric_mode=True).astype(np.int64)
-        n_blocks = max(n_blocks, -(-len(Q1) // 256))
+        und = _undirected(graph)
+        rcm = reverse_cuthill_mckee(und, symmetric_mode=True).astype(np.int64)
+        bound = _kth_edge(und, n_nearest)
+        del und
+        # A block searches as far as its farthest-reaching source needs: group sources
+        # whose k-th edges are within a factor 2**(1/4) of each other, graph neighbours
+        # together inside each group.
+        level = np.floor(4 * np.log2(np.where(np.isfinite(bound) & (bound > 0), bound, 1.0)))
+        level[~np.isfinite(bound)] = np.inf
+        rank = np.empty(len(rcm), dtype=np.int64)
+        rank[rcm] = np.arange(len(rcm))
+        order = np.lexsort((rank, level))
+        n_blocks = max(n_blocks, -(-len(Q1) // NEAREST_BLOCK))
     blocks = np.array_split(order, n_blocks)
     # A generator: each block is copied into the matrix as it arrives, so at most a few
     # blocks live beside the full matrix.
-    results = Parallel(n_jobs=n_jobs, return_as="generator")(
-        delayed(_block_distances)(
-            graph, edges, Q1.take(rows), rows, Q2, symmetric, return_paths, correction, n_nearest
+    if nearest_training:
+        tasks = (
+            delayed(_block_nearest_training)(
+                graph, edges, Q1.take(rows), rows, Q2, correction, n_nearest, bound[rows]
+            )
+            for rows in blocks
         )
-        for rows in blocks
-    )
+    else:
+        tasks = (
+            delayed(_block_distances)(
+                graph, edges, Q1.take(rows), rows, Q2, symmetric, return_paths, correction,
+                n_nearest,
+            )
+            for rows in blocks
+        )
+    results = Parallel(n_jobs=n_jobs, return_as="generator")(tasks)
     D = None
     if n_nearest is None:
         D = out if out is not None else np.empty((len(Q1), len(Q2)), dtype=np.float64)

@@ -426,6 +426,35 @@ def test_kneighbors_graph_sparse_and_accepted_by_sklearn():
         fd.kneighbors_graph(n_neighbors=300)
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(20, 90),
+    dim=st.integers(1, 8),
+    k=st.integers(2, 8),
+    frac=st.floats(0.0, 1.0),
+    calibrated=st.booleans(),
+    seed=st.integers(0, 10_000),
+)
+def test_kneighbors_graph_matches_sorted_pairwise(n, dim, k, frac, calibrated, seed):
+    # The cut-short searches (limits from each source's k-th edge, blocks grouped by that
+    # limit, searches on the subgraph within reach) must give the exact k nearest of the
+    # dense matrix, for graph and calibrated distances, in any dimension and for any count.
+    rng = np.random.default_rng(seed)
+    # a scale mixture: very unequal k-th edges (far tails would make distances of 1e17,
+    # where ties between paths leave the calibrated i -> j and j -> i apart by 1e-4)
+    X = rng.normal(size=(n, dim)) * np.exp(rng.uniform(-1.5, 0.5, size=(n, 1)))
+    relax = "auto" if calibrated else False
+    fd = gaussian_fd(dim, n_neighbors=k, relax=relax, n_calibration_pairs=60, random_state=0)
+    fd.fit(X)
+    m = 1 + int(frac * (n - 2))
+    K = fd.kneighbors_graph(n_neighbors=m)
+    Dn = fd.pairwise() + np.diag(np.full(n, np.inf))
+    expected = np.sort(Dn, axis=1)[:, :m]
+    np.testing.assert_allclose(K.data.reshape(n, m), expected, rtol=1e-9, atol=1e-12)
+    got = np.take_along_axis(Dn, K.indices.reshape(n, m), axis=1)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
 def test_pairwise_out_memmap(moons_fd, tmp_path):
     fd, X = moons_fd
     fd = fd.set_params(relax="auto")
