@@ -10,7 +10,14 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.special import logsumexp
-from sklearn.base import ClassifierMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.base import (
+    ClassifierMixin,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    _fit_context,
+    clone,
+)
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, check_non_negative, column_or_1d
@@ -90,6 +97,10 @@ class DirichletLatentClassifier(
         every skfff network factory; one of two parameters also works). It receives ``sqrt(x)``
         of the normalised rows, standardised per feature, and returns the posterior mean and
         log-variance, concatenated (``2 * n_components`` numbers per row).
+    n_init : int, default=1
+        Number of trainings from different random initialisations; the one whose mixture
+        weights on the training rows are the most decisive (lowest mean entropy, see Notes)
+        is kept. Chosen without the labels.
     %(training_parameters)s
 
     Early stopping is off by default: with ``kl_weight < 1`` the unweighted validation
@@ -112,6 +123,11 @@ class DirichletLatentClassifier(
         ``valid_kl``.
     n_iter_ : int
         Epochs run.
+    init_entropies_ : ndarray of shape (n_init,)
+        Mean entropy (nats) of the training rows' mixture weights after each initialisation;
+        the kept one is ``best_init_``.
+    best_init_ : int
+        Index of the initialisation kept.
     n_features_in_ : int
         Number of features seen during fit.
     feature_names_in_ : ndarray of shape (n_features,)
@@ -148,6 +164,19 @@ class DirichletLatentClassifier(
     all components and ``components_`` shows which topic is which. Check the learnt topics
     before trusting the classifier.
 
+    Which components a training finds depends on its random initialisation: on the
+    benchmark's rare, simple signal (``n_components=4, alpha=0.1``, 3 000 jets) 80 single
+    trainings over 16 data sets reached AUC 0.877 +- 0.115 (0.48 to 0.98; 44 % below 0.9).
+    Among several initialisations the best ELBO picks the *worse* classifiers (the likelihood
+    prefers splitting the varied majority class, the failure above), while the most
+    decisive mixture weights (lowest mean entropy ``-sum_k w_k log w_k`` over the training
+    rows) picked, with ``n_init=5``, AUC 0.943 +- 0.051 over 22 data sets (0.80 at worst, 3
+    below 0.9; sklearn's LDA on pseudo-counts: 0.82); on the balanced cases it changed
+    nothing (within 0.001). Hence ``n_init``, selected by that entropy; ``n_init=5`` is the
+    recipe for a rare class, at five times the training cost. It improves the odds, it does
+    not guarantee the best initialisation: the entropies of good and poor trainings can
+    differ by only 0.01-0.02 nats.
+
     References
     ----------
     .. [1] B. M. Dillon, T. Plehn, C. Sauer, P. Sorrenson, "Better latent spaces for better
@@ -179,6 +208,7 @@ class DirichletLatentClassifier(
         "supervised": ["boolean"],
         "hidden_layer_sizes": [tuple, list],
         "encoder": [torch.nn.Module, callable, None],
+        "n_init": [Interval(numbers.Integral, 1, None, closed="left")],
     }
 
     def __init__(
@@ -192,6 +222,7 @@ class DirichletLatentClassifier(
         supervised: bool = False,
         hidden_layer_sizes: tuple[int, ...] = (128, 64),
         encoder: Any = None,
+        n_init: int = 1,
         lr: float = 1e-2,
         max_epochs: int = 100,
         batch_size: int = 128,
@@ -223,6 +254,50 @@ class DirichletLatentClassifier(
         self.supervised = supervised
         self.hidden_layer_sizes = hidden_layer_sizes
         self.encoder = encoder
+        self.n_init = n_init
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X: Any, y: Any = None) -> DirichletLatentClassifier:
+        """Fit the model to ``X``, ``n_init`` times, keeping the most decisive training.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Non-negative rows (histograms, images or counts).
+        y : array-like of shape (n_samples,), default=None
+            Labels. They only name the components (unless ``supervised=True``); the choice
+            among initialisations does not use them.
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        if self.n_init == 1 or self._warm():
+            super().fit(X, y)
+            self.init_entropies_ = np.array([self._weight_entropy(X)])
+            self.best_init_ = 0
+            return self
+        rng = check_random_state(self.random_state)
+        seeds = rng.randint(np.iinfo(np.int32).max, size=self.n_init)
+        best, entropies = None, []
+        for seed in seeds:
+            trial = clone(self).set_params(n_init=1, random_state=int(seed), warm_start=False)
+            trial.fit(X, y)
+            entropies.append(trial.init_entropies_[0])
+            if best is None or entropies[-1] < min(entropies[:-1]):
+                best = trial
+        params = self.get_params(deep=False)
+        self.__dict__.update({k: v for k, v in vars(best).items() if k not in params})
+        self.init_entropies_ = np.array(entropies)
+        self.best_init_ = int(np.argmin(entropies))
+        return self
+
+    def _weight_entropy(self, X: Any) -> float:
+        """Mean entropy (nats) of the mixture weights of the rows of ``X``."""
+        log_w = self._map_rows(self.module_.log_mixture_weights, X)
+        log_w = log_w - logsumexp(log_w, axis=1, keepdims=True)
+        return float(np.mean(-np.sum(np.exp(log_w) * log_w, axis=1)))
 
     # ------------------------------------------------------------------ hooks
     def _fit_inputs(self, X: Any, y: Any, *, warm: bool) -> tuple[np.ndarray, np.ndarray | None]:

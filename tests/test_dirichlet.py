@@ -376,3 +376,25 @@ def test_bad_fit_arguments(small_fit):
     Xz = X[:4].copy()
     Xz[0] = 0.0
     assert np.all(np.isfinite(clf.predict_proba(Xz)))
+
+
+def test_n_init_keeps_one_training_chosen_without_labels():
+    X, y = make_jet_images(300, 0.3, image_size=12, random_state=3)
+    kw = dict(n_components=3, alpha=0.1, max_epochs=3, device="cpu")
+    clf = DirichletLatentClassifier(n_init=3, random_state=0, **kw).fit(X, y)
+    assert clf.init_entropies_.shape == (3,) and np.all(clf.init_entropies_ >= 0)
+    assert clf.init_entropies_.max() <= np.log(3) + 1e-9  # entropy of 3 weights
+    assert clf.best_init_ == int(np.argmin(clf.init_entropies_))
+    # the kept model is exactly the plain fit with the chosen initialisation's seed
+    seeds = np.random.RandomState(0).randint(np.iinfo(np.int32).max, size=3)
+    plain = DirichletLatentClassifier(random_state=int(seeds[clf.best_init_]), **kw).fit(X, y)
+    np.testing.assert_array_equal(clf.transform(X), plain.transform(X))
+    np.testing.assert_array_equal(clf.component_classes_, plain.component_classes_)
+    assert clf.n_init == 3 and clf.random_state == 0  # parameters untouched
+    # labels only name components: the same choice without them
+    unlabelled = DirichletLatentClassifier(n_init=3, random_state=0, **kw).fit(X)
+    np.testing.assert_array_equal(unlabelled.init_entropies_, clf.init_entropies_)
+    single = DirichletLatentClassifier(random_state=0, **kw).fit(X)
+    assert single.init_entropies_.shape == (1,) and single.best_init_ == 0
+    with pytest.raises(ValueError, match="n_init"):
+        DirichletLatentClassifier(n_init=0).fit(X)
