@@ -567,9 +567,10 @@ def _kth_edge(und: csr_matrix, k: int) -> np.ndarray:
     n = und.shape[0]
     out = np.full(n, np.inf)
     deg = np.diff(und.indptr)
-    for i in np.flatnonzero(deg >= k):
-        w = und.data[und.indptr[i] : und.indptr[i + 1]]
-        out[i] = np.partition(w, k - 1)[k - 1]
+    row = np.repeat(np.arange(n), deg)
+    ordered = und.data[np.lexsort((und.data, row))]  # each row's weights, ascending
+    has = deg >= k
+    out[has] = ordered[und.indptr[:-1][has] + k - 1]
     return out
 
 

@@ -426,6 +426,28 @@ def test_kneighbors_graph_sparse_and_accepted_by_sklearn():
         fd.kneighbors_graph(n_neighbors=300)
 
 
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(2, 40), density=st.floats(0.05, 0.6), k=st.integers(1, 6),
+       seed=st.integers(0, 10_000))
+def test_undirected_graph_and_kth_edge(n, density, k, seed):
+    from scipy.sparse import random as sparse_random
+
+    from skfff._graph import _kth_edge, _undirected
+
+    A = sparse_random(n, n, density=density, random_state=seed, format="csr")
+    A.setdiag(0)
+    A.eliminate_zeros()
+    U = _undirected(A)
+    D = A.toarray()
+    # each edge both ways, at the smaller weight where both directions are stored
+    both = np.where((D > 0) & (D.T > 0), np.minimum(D, D.T), np.maximum(D, D.T))
+    np.testing.assert_array_equal(U.toarray(), both)
+    out = _kth_edge(U, k)
+    for i in range(n):
+        w = np.sort(both[i][both[i] > 0])
+        assert out[i] == (w[k - 1] if len(w) >= k else np.inf)
+
+
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     n=st.integers(20, 90),
