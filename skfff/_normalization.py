@@ -24,7 +24,13 @@ import numpy as np
 from scipy import stats
 from scipy.special import logsumexp
 
-__all__ = ["FIT_CHECK_POINTS", "importance_integral", "is_normalised", "nearer_to_one"]
+__all__ = [
+    "FIT_CHECK_POINTS",
+    "TwoDensities",
+    "importance_integral",
+    "is_normalised",
+    "nearer_to_one",
+]
 
 #: Points of the normalisation check that ``fit`` runs (FreeFormFlow, ManifoldFreeFormFlow).
 FIT_CHECK_POINTS = 20_000
@@ -42,6 +48,40 @@ def nearer_to_one(candidate: float, current: float) -> bool:
     with np.errstate(divide="ignore", invalid="ignore"):
         nearer = bool(abs(np.log(candidate)) < abs(np.log(current)))
     return nearer or (not np.isfinite(current) and bool(np.isfinite(candidate)))
+
+
+class TwoDensities:
+    """The two exact densities of a free-form flow and the choice between them.
+
+    For estimators whose module has ``log_prob(x, c, via=...)`` with ``via`` in
+    ``{"decoder", "encoder"}``, a ``log_prob_via`` parameter (``"auto"`` or one of those),
+    the attributes ``log_prob_via_`` / ``normalization_`` set in ``fit``, and an
+    ``_integral(via, n_points, random_state)`` returning ``(estimate, stderr)``
+    (FreeFormFlow, ManifoldFreeFormFlow).
+    """
+
+    def _via(self) -> str:
+        """The density in use: ``log_prob_via``, or what ``"auto"`` chose in ``fit``."""
+        if self.log_prob_via != "auto":
+            return self.log_prob_via
+        return getattr(self, "log_prob_via_", "decoder")
+
+    def _log_prob(self, via: str) -> Callable:
+        """``(x, c) -> log p(x | c)`` through the module, by ``via``."""
+        module = self.module_
+        return lambda x, c: module.log_prob(x, c, via=via)
+
+    def _take_the_better_normalised(self) -> None:
+        """Switch to the encoder density if its integral is the nearer to 1 (in ratio; the
+        decoder's is kept on a tie or when the encoder's cannot be computed): it needs only
+        ``f`` one-to-one, not ``g = f^-1`` everywhere."""
+        try:
+            encoder = self._integral("encoder", FIT_CHECK_POINTS, 0)
+        except FloatingPointError:
+            return
+        if nearer_to_one(encoder[0], self.normalization_[0]):
+            self.log_prob_via_, self.normalization_ = "encoder", encoder
+
 
 #: Rows of log-density evaluated at once.
 _BLOCK = 20_000

@@ -15,12 +15,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._conditioning import ConditionalMixin
-from ._normalization import (
-    FIT_CHECK_POINTS,
-    importance_integral,
-    is_normalised,
-    nearer_to_one,
-)
+from ._normalization import FIT_CHECK_POINTS, TwoDensities, importance_integral, is_normalised
 from ._torch.fff import FreeFormFlowModule
 from ._torch.networks import ResidualMLP, make_network
 from .base import BaseTorchEstimator
@@ -29,6 +24,7 @@ __all__ = ["FreeFormFlow"]
 
 
 class FreeFormFlow(
+    TwoDensities,
     ConditionalMixin,
     ClassNamePrefixFeaturesOutMixin,
     TransformerMixin,
@@ -288,17 +284,6 @@ class FreeFormFlow(
                 stacklevel=4,
             )
 
-    def _take_the_better_normalised(self) -> None:
-        """Switch to the encoder density if its integral is the nearer to 1 (in ratio; the
-        decoder's is kept on a tie or when the encoder's cannot be computed): it needs only
-        ``f`` one-to-one, not ``g = f^-1`` everywhere."""
-        try:
-            encoder = self._integral("encoder", FIT_CHECK_POINTS, 0)
-        except FloatingPointError:
-            return
-        if nearer_to_one(encoder[0], self.normalization_[0]):
-            self.log_prob_via_, self.normalization_ = "encoder", encoder
-
     # -------------------------------------------------------------- sklearn
     def score_samples(self, X: Any, y: Any = None) -> np.ndarray:
         """Exact log-density of each sample.
@@ -314,16 +299,6 @@ class FreeFormFlow(
         C = self._conditions(y, Xs.shape[0])
         log_p = self._map_batches(self._log_prob(self._via()), Xs, C)
         return self._check_finite_scores(log_p - np.log(self.scale_).sum())
-
-    def _via(self) -> str:
-        """The density in use: ``log_prob_via``, or what ``"auto"`` chose in ``fit``."""
-        if self.log_prob_via != "auto":
-            return self.log_prob_via
-        return getattr(self, "log_prob_via_", "decoder")
-
-    def _log_prob(self, via: str):
-        module = self.module_
-        return lambda x, c: module.log_prob(x, c, via=via)
 
     def transform(self, X: Any, y: Any = None) -> np.ndarray:
         """Encode ``X`` into the standard normal latent space.

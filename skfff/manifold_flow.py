@@ -16,7 +16,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from ._conditioning import ConditionalMixin
-from ._normalization import FIT_CHECK_POINTS, is_normalised, nearer_to_one
+from ._normalization import FIT_CHECK_POINTS, TwoDensities, is_normalised
 from ._torch.mfff import ManifoldFreeFormFlowModule
 from ._torch.networks import ResidualMLP, make_network
 from .base import BaseTorchEstimator
@@ -80,6 +80,7 @@ def concentration(E: np.ndarray, manifold: Manifold, n_neighbors: int = 10,
 
 
 class ManifoldFreeFormFlow(
+    TwoDensities,
     ConditionalMixin,
     ClassNamePrefixFeaturesOutMixin,
     TransformerMixin,
@@ -467,11 +468,7 @@ class ManifoldFreeFormFlow(
             return
         self.normalization_ = self._integral(self.log_prob_via_, FIT_CHECK_POINTS, 0)
         if self.log_prob_via == "auto":
-            # the density whose integral is the nearer to 1 (in ratio; the decoder's on a
-            # tie): the encoder's needs only f one-to-one, not g = f^-1 everywhere
-            encoder = self._integral("encoder", FIT_CHECK_POINTS, 0)
-            if nearer_to_one(encoder[0], self.normalization_[0]):
-                self.log_prob_via_, self.normalization_ = "encoder", encoder
+            self._take_the_better_normalised()
         estimate, stderr = self.normalization_
         if not is_normalised(estimate, stderr):
             warnings.warn(
@@ -505,14 +502,7 @@ class ManifoldFreeFormFlow(
         """
         E = self._embedded(X)
         C = self._conditions(y, E.shape[0])
-        via = self._via()
-        return self._map_batches(lambda x, c: self.module_.log_prob(x, c, via=via), E, C)
-
-    def _via(self) -> str:
-        """The density in use: ``log_prob_via``, or what ``"auto"`` chose in ``fit``."""
-        if self.log_prob_via != "auto":
-            return self.log_prob_via
-        return getattr(self, "log_prob_via_", "decoder")
+        return self._map_batches(self._log_prob(self._via()), E, C)
 
     def transform(self, X: Any, y: Any = None) -> np.ndarray:
         """Encode ``X`` into latent points on the manifold (same convention as ``X``).
@@ -607,7 +597,7 @@ class ManifoldFreeFormFlow(
         gen = torch.Generator().manual_seed(self._seed(random_state))
         U = self.manifold_.random_uniform(n_points, gen, dtype=torch.float64)
         C = self._conditions(y, n_points)
-        log_p = self._map_batches(lambda x, c: self.module_.log_prob(x, c, via=via), U, C,
+        log_p = self._map_batches(self._log_prob(via), U, C,
                                   batch_size=8192)
         w = np.exp(log_p + self.manifold_.log_volume())
         return float(w.mean()), float(w.std(ddof=1) / math.sqrt(len(w)))
