@@ -243,12 +243,27 @@ def bridge_components(
     return graph.maximum(bridges).tocsr(), n_components, labels
 
 
+def _undirected(graph: csr_matrix) -> csr_matrix:
+    """The graph as ``dijkstra(directed=False)`` walks it: each edge both ways, at the
+    smaller of its two weights where both directions are stored."""
+    c = graph.tocoo()
+    r = np.concatenate([c.row, c.col])
+    q = np.concatenate([c.col, c.row])
+    w = np.concatenate([c.data, c.data])
+    order = np.lexsort((w, q, r))
+    r, q, w = r[order], q[order], w[order]
+    first = np.ones(len(r), dtype=bool)
+    first[1:] = (r[1:] != r[:-1]) | (q[1:] != q[:-1])
+    return csr_matrix((w[first], (r[first], q[first])), shape=graph.shape)
+
+
 @dataclass
 class EdgeTable:
     """Euclidean lengths of the graph's edges, looked up by ``(node, neighbour)`` pairs.
 
-    Built once from the (bridged) graph: both directions of every edge, sorted by the key
-    ``node * n + neighbour`` so that a batch of pairs is found with one ``searchsorted``.
+    Built once from the (bridged) graph: both directions of every edge, once each, sorted by
+    the key ``node * n + neighbour`` so that a batch of pairs is found with one
+    ``searchsorted``.
     """
 
     keys: np.ndarray
@@ -258,9 +273,8 @@ class EdgeTable:
     @classmethod
     def from_graph(cls, graph: csr_matrix, X: np.ndarray) -> EdgeTable:
         """Table of the undirected edges of ``graph`` between the rows of ``X``."""
-        coo = graph.tocoo()
-        rows = np.concatenate([coo.row, coo.col]).astype(np.int64)
-        cols = np.concatenate([coo.col, coo.row]).astype(np.int64)
+        coo = _undirected(graph).tocoo()
+        rows, cols = coo.row.astype(np.int64), coo.col.astype(np.int64)
         n = graph.shape[0]
         keys = rows * n + cols
         order = np.argsort(keys, kind="stable")
@@ -545,20 +559,6 @@ def _block_distances(
     if nearest is not None:
         D = np.take_along_axis(D, nearest, axis=1)
     return BlockResult(rows, D, rows[near_i], near_c, pi, pc, paths, nearest)
-
-
-def _undirected(graph: csr_matrix) -> csr_matrix:
-    """The graph as ``dijkstra(directed=False)`` walks it: each edge both ways, at the
-    smaller of its two weights where both directions are stored."""
-    c = graph.tocoo()
-    r = np.concatenate([c.row, c.col])
-    q = np.concatenate([c.col, c.row])
-    w = np.concatenate([c.data, c.data])
-    order = np.lexsort((w, q, r))
-    r, q, w = r[order], q[order], w[order]
-    first = np.ones(len(r), dtype=bool)
-    first[1:] = (r[1:] != r[:-1]) | (q[1:] != q[:-1])
-    return csr_matrix((w[first], (r[first], q[first])), shape=graph.shape)
 
 
 def _kth_edge(und: csr_matrix, k: int) -> np.ndarray:
