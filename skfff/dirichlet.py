@@ -297,9 +297,13 @@ class DirichletLatentClassifier(
 
     def _weight_entropy(self, X: Any) -> float:
         """Mean entropy (nats) of the mixture weights of the rows of ``X``."""
-        log_w = self._map_rows(self.module_.log_mixture_weights, X)
-        log_w = log_w - logsumexp(log_w, axis=1, keepdims=True)
+        log_w = self._log_weights(X)
         return float(np.mean(-np.sum(np.exp(log_w) * log_w, axis=1)))
+
+    def _log_weights(self, X: Any) -> np.ndarray:
+        """Log mixture weights of the rows of ``X``, normalised over the components."""
+        log_w = self._map_rows(self.module_.log_mixture_weights, X)
+        return log_w - logsumexp(log_w, axis=1, keepdims=True)
 
     # ------------------------------------------------------------------ hooks
     def _fit_inputs(self, X: Any, y: Any, *, warm: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -400,8 +404,7 @@ class DirichletLatentClassifier(
             ``softmax(mean(x))`` (Dirichlet latent) or the component responsibilities
             (Gaussian-mixture latent); rows sum to one.
         """
-        log_w = self._map_rows(self.module_.log_mixture_weights, X)
-        return np.exp(log_w - logsumexp(log_w, axis=1, keepdims=True))
+        return np.exp(self._log_weights(X))
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """Log of :meth:`predict_proba`, computed stably from the log mixture weights.
