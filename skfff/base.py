@@ -670,6 +670,15 @@ class BaseTorchEstimator(BaseEstimator):
             return _OPTIMIZERS[self.optimizer]
         return self.optimizer
 
+    def _monitor(self, has_valid: bool) -> str:
+        """The history key that early stopping and ``lr_schedule="plateau"`` watch.
+
+        ``valid_loss`` (or ``train_loss`` without validation rows); a subclass that records
+        its own per-epoch criterion (in a callback placed before early stopping) returns its
+        key instead.
+        """
+        return "valid_loss" if has_valid else "train_loss"
+
     def _make_callbacks(self, n_train_rows: int, has_valid: bool) -> list[tuple[str, Callback]]:
         cbs: list[tuple[str, Callback]] = [("epoch_metrics", _EpochMetrics())]
         if self.lr_schedule == "plateau":
@@ -677,7 +686,7 @@ class BaseTorchEstimator(BaseEstimator):
                 "lr_schedule",
                 LRScheduler(
                     policy="ReduceLROnPlateau",
-                    monitor="valid_loss" if has_valid else "train_loss",
+                    monitor=self._monitor(has_valid),
                     factor=0.5,
                     patience=max(self.patience // 3, 1),
                     threshold=1e-3,
@@ -697,7 +706,7 @@ class BaseTorchEstimator(BaseEstimator):
             cbs.append((
                 "early_stopping",
                 _EarlyStopping(
-                    monitor="valid_loss",
+                    monitor=self._monitor(has_valid),
                     patience=self.patience,
                     threshold=1e-3,
                     threshold_mode="abs",

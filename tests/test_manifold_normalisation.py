@@ -92,9 +92,10 @@ class _Stretch(_Identity):
 
 def _stretched_flow(**params):
     X = Sphere(2).random_uniform(64, torch.Generator().manual_seed(0), dtype=torch.float64)
+    params = {"max_epochs": 1, **params}
     return ManifoldFreeFormFlow(
-        "sphere", encoder=_Identity(), decoder=_Stretch(), max_epochs=1, beta_scale=1.0,
-        random_state=0, **params,
+        "sphere", encoder=_Identity(), decoder=_Stretch(), beta_scale=1.0, random_state=0,
+        **params,
     ).fit(X.numpy())
 
 
@@ -176,3 +177,49 @@ def test_normalization_constant_standard_error_is_honest():
     assert np.mean(np.abs(z) < 2) > 0.85
     with pytest.raises(ValueError, match="n_points"):
         flow.normalization_constant(n_points=1)
+
+
+# ------------------------------------------- early stopping on the normalised likelihood
+def test_monitor_divides_the_validation_likelihood_by_the_integral():
+    # "auto": the monitor takes the encoder density; f is the identity, so it is uniform
+    flow = _stretched_flow(max_epochs=2)
+    assert flow.monitor_ == "valid_normalised_nll"
+    h = flow.history_
+    np.testing.assert_allclose(h[:, "valid_log_z"], 0.0, atol=1e-5)
+    np.testing.assert_allclose(h[:, "valid_nll"], math.log(4 * math.pi), atol=1e-5)
+    # the decoder density: its integral is known in closed form, and the criterion is the
+    # NLL of p / Z, whatever spurious mass p holds
+    flow = _stretched_flow(log_prob_via="decoder", check_normalization=False,
+                           n_monitor_points=40_000)
+    h = flow.history_
+    assert abs(math.exp(h[-1, "valid_log_z"]) - _stretched_integral()) < 0.02
+    np.testing.assert_allclose(h[:, "valid_normalised_nll"],
+                               np.add(h[:, "valid_nll"], h[:, "valid_log_z"]), rtol=1e-12)
+
+
+def test_early_stopping_keeps_the_epoch_of_best_normalised_nll():
+    X, _ = make_vmf_mixture(500, n_components=3, concentration=50.0, random_state=0)
+    # a large constant learning rate, so that the criterion goes up and down
+    flow = ManifoldFreeFormFlow("sphere", **{**SMALL, "max_epochs": 8, "lr": 0.1},
+                                lr_schedule="constant", patience=3, n_monitor_points=4000,
+                                check_normalization=False).fit(X)
+    h = flow.history_
+    crit = np.asarray(h[:, "valid_normalised_nll"])
+    assert np.all(np.isfinite(crit))
+    best = int(np.argmin(crit))
+    assert best < len(h) - 1  # the premise: the best epoch is not the last one
+    # the weights kept are those of that epoch: the same uniform points give the same integral
+    estimate, _ = flow._integral("encoder", 4000, 0)
+    assert abs(math.log(estimate) - h[best, "valid_log_z"]) < 1e-4
+    assert flow.n_iter_ == len(h)
+
+
+@pytest.mark.parametrize("params", [{"n_monitor_points": 0}, {"early_stopping": False},
+                                    {"conditional": True}])
+def test_monitor_falls_back_to_the_validation_loss(params):
+    X, y = make_vmf_mixture(300, n_components=2, random_state=0)
+    flow = ManifoldFreeFormFlow("sphere", **{**SMALL, "max_epochs": 2},
+                                check_normalization=False, **params)
+    flow.fit(X, y if params.get("conditional") else None)
+    assert flow.monitor_ == "valid_loss"
+    assert "valid_log_z" not in flow.history_[-1]
