@@ -45,6 +45,8 @@ def test_concentrated_data_gives_a_normalised_density(name):
     estimate, stderr = flow.normalization_constant(n_points=40_000, random_state=1)
     assert stderr < 0.02
     assert abs(estimate - 1.0) < 0.03 + 2 * stderr
+    raw, raw_stderr = flow.normalization_  # before renormalize divided by it
+    assert abs(raw - 1.0) < 0.03 + 2 * raw_stderr
     # and not by staying near uniform: half a nat better at least. (With beta_scale=1, the old
     # default, the same fits integrate to 2.4-2.8 and the end-of-fit check warns.)
     assert -flow.score(X) < uniform_nll - 0.5
@@ -113,9 +115,10 @@ def test_warns_when_the_decoder_is_not_the_inverse():
     truth = _stretched_integral()
     assert truth > 1.3  # the decoder density evaluated at f(x) = x is far from normalised
     with pytest.warns(UserWarning, match=r"integrates to 1\.[0-9]+ .*instead of 1"):
-        flow = _stretched_flow(log_prob_via="decoder")
+        flow = _stretched_flow(log_prob_via="decoder", renormalize=False)
     estimate, stderr = flow.normalization_
     assert abs(estimate - truth) < 4 * stderr + 1e-3
+    assert flow.log_normalizer_ == 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         skipped = _stretched_flow(log_prob_via="decoder", check_normalization=False)
@@ -153,6 +156,7 @@ def test_auto_takes_the_better_normalised_density(monkeypatch, decoder, encoder,
         flow = _stretched_flow()
     integrals = {"decoder": decoder, "encoder": encoder}
     monkeypatch.setattr(flow, "_integral", lambda via, *args, **kwargs: integrals[via])
+    flow.set_params(renormalize=False)
     if abs(integrals[chosen][0] - 1) <= 0.05:
         with warnings.catch_warnings():
             warnings.simplefilter("error", UserWarning)  # normalised: no warning
@@ -162,6 +166,40 @@ def test_auto_takes_the_better_normalised_density(monkeypatch, decoder, encoder,
             flow._after_fit(None, None, None)
     assert flow.log_prob_via_ == chosen
     assert flow.normalization_ == integrals[chosen]
+
+
+def test_renormalize_divides_by_the_integral():
+    truth = _stretched_integral()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # renormalised: no warning
+        flow = _stretched_flow(log_prob_via="decoder")
+    raw, stderr = flow.normalization_
+    assert abs(raw - truth) < 4 * stderr + 1e-3  # the network's own density, not divided
+    assert flow.log_normalizer_ == pytest.approx(math.log(raw))
+    estimate, stderr = flow.normalization_constant(n_points=40_000, random_state=3)
+    assert abs(estimate - 1.0) < 4 * stderr + 0.01  # the density score_samples gives
+    U = Sphere(2).random_uniform(5, torch.Generator().manual_seed(1), dtype=torch.float64)
+    plain = flow.set_params(renormalize=False)  # a parameter: read in fit, not after
+    np.testing.assert_allclose(plain.score_samples(U.numpy()) + math.log(raw),
+                               _stretched_flow(log_prob_via="decoder", renormalize=False)
+                               .score_samples(U.numpy()), atol=1e-6)
+
+
+def test_renormalize_warns_when_the_integral_is_uncertain(monkeypatch):
+    flow = _stretched_flow()
+    monkeypatch.setattr(flow, "_integral", lambda via, *args, **kwargs: (1.3, 0.03))
+    with pytest.warns(UserWarning, match="standard error is more than 1.5 %"):
+        flow._after_fit(None, None, None)
+    assert flow.log_normalizer_ == pytest.approx(math.log(1.3))
+    monkeypatch.setattr(flow, "_integral", lambda via, *args, **kwargs: (1.3, 0.019))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # 2 x 0.019 < 3 % of 1.3: silent
+        flow._after_fit(None, None, None)
+    monkeypatch.setattr(flow, "_integral",
+                        lambda via, *args, **kwargs: (float("nan"), float("nan")))
+    with pytest.warns(UserWarning, match="instead of 1"):  # nothing to divide by
+        flow._after_fit(None, None, None)
+    assert flow.log_normalizer_ == 0.0
 
 
 def test_normalization_constant_standard_error_is_honest():
@@ -200,7 +238,8 @@ def test_monitor_divides_the_validation_likelihood_by_the_integral():
 def test_early_stopping_keeps_the_epoch_of_best_normalised_nll():
     X, _ = make_vmf_mixture(500, n_components=3, concentration=50.0, random_state=0)
     # a large constant learning rate, so that the criterion goes up and down
-    flow = ManifoldFreeFormFlow("sphere", **{**SMALL, "max_epochs": 8, "lr": 0.1},
+    flow = ManifoldFreeFormFlow("sphere", **{**SMALL, "max_epochs": 8, "lr": 0.2,
+                                              "random_state": 1},
                                 lr_schedule="constant", patience=3, n_monitor_points=4000,
                                 check_normalization=False).fit(X)
     h = flow.history_
@@ -209,7 +248,7 @@ def test_early_stopping_keeps_the_epoch_of_best_normalised_nll():
     best = int(np.argmin(crit))
     assert best < len(h) - 1  # the premise: the best epoch is not the last one
     # the weights kept are those of that epoch: the same uniform points give the same integral
-    estimate, _ = flow._integral("encoder", 4000, 0)
+    estimate, _ = flow._integral("encoder", 4000, 1)
     assert abs(math.log(estimate) - h[best, "valid_log_z"]) < 1e-4
     assert flow.n_iter_ == len(h)
 
