@@ -244,17 +244,18 @@ class ManifoldFreeFormFlow(
         integral was 1.00-1.24 on the earth data (``benchmarks/README.rst``). Without the
         check (``check_normalization=False``, conditional flows) nothing is divided.
         Samples from :meth:`sample` are unaffected (they follow the decoder).
-    n_monitor_points : int, default=20_000
-        Uniform points on which, after every epoch, the integral ``Z`` of the density
-        (the encoder's unless ``log_prob_via="decoder"``) is estimated, so that early
-        stopping monitors the validation NLL of ``p / Z`` (``valid_normalised_nll`` in
-        ``history_``): a likelihood that spurious mass cannot inflate. ``0`` monitors
-        ``valid_loss`` instead (the NLL plus the reconstruction terms; cheaper). Unused
-        for conditional flows and without early stopping. Chosen on 14 fits of the earth
-        data: the epoch it keeps had a better normalised test NLL than the one
-        ``valid_loss`` keeps in 11 of them, by 0.05-0.29 nats, and a level one in the
-        other 3 (``benchmarks/README.rst``). Costs ``n_monitor_points`` log-determinants
-        per epoch (on ``S^2``, about 0.2 s on one CPU core).
+    n_monitor_points : int, default=5000
+        Points on which, after every epoch, the integral ``Z`` of the density (the
+        encoder's unless ``log_prob_via="decoder"``) is estimated by importance sampling
+        (fixed draws of :class:`~skfff.manifolds.KernelProposal`, fitted to the training
+        rows), so that early stopping monitors the validation NLL of ``p / Z``
+        (``valid_normalised_nll`` in ``history_``): a likelihood that spurious mass cannot
+        inflate. ``0`` monitors ``valid_loss`` instead (the NLL plus the reconstruction
+        terms; cheaper). Unused for conditional flows and without early stopping. Chosen
+        on the earth data (``benchmarks/README.rst``): on 14 fits, the epoch it keeps had a
+        better normalised test NLL than the one ``valid_loss`` keeps in 11, by 0.05-0.29
+        nats, and a level one in the other 3. Costs ``n_monitor_points``
+        log-determinants per epoch.
     project_inputs : bool, default=False
         Project inputs onto the manifold instead of rejecting points off it.
     tol : float, default=1e-4
@@ -395,7 +396,7 @@ class ManifoldFreeFormFlow(
         log_prob_via: str = "auto",
         check_normalization: bool = True,
         renormalize: bool = True,
-        n_monitor_points: int = 20_000,
+        n_monitor_points: int = 5000,
         project_inputs: bool = False,
         tol: float = 1e-4,
         encoder: Any = None,
