@@ -2,7 +2,9 @@
 
 Each manifold knows its projection from the embedding space, its tangent spaces,
 its uniform distribution and total volume, and how user coordinates map to the
-embedding. Everything is batched torch.
+embedding. Everything is batched torch. :class:`KernelProposal` draws points for
+importance-sampling estimates of integrals over a manifold (kernels on reference points,
+mixed with the uniform distribution).
 """
 
 from .base import Manifold
