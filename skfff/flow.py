@@ -15,7 +15,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._conditioning import ConditionalMixin
-from ._normalization import FIT_CHECK_POINTS, TwoDensities, importance_integral, is_normalised
+from ._normalization import TwoDensities, importance_integral, is_normalised
 from ._torch.fff import FreeFormFlowModule
 from ._torch.networks import ResidualMLP, make_network
 from .base import BaseTorchEstimator
@@ -256,7 +256,7 @@ class FreeFormFlow(
         try:
             with warnings.catch_warnings():  # the proposal's fit; the advice is given below
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                self.normalization_ = self._integral(self.log_prob_via_, FIT_CHECK_POINTS, 0)
+                self.normalization_ = self._integral(self.log_prob_via_, self._check_points, 0)
                 if self.log_prob_via == "auto":
                     self._take_the_better_normalised()
         except FloatingPointError as err:
@@ -271,7 +271,7 @@ class FreeFormFlow(
         if not is_normalised(estimate, stderr):
             warnings.warn(
                 f"The density learnt by {type(self).__name__} integrates to {estimate:.3g} "
-                f"+- {stderr:.2g} instead of 1 (importance sampling with {FIT_CHECK_POINTS} "
+                f"+- {stderr:.2g} instead of 1 (importance sampling with {self._check_points} "
                 f"points; log_prob_via_={self.log_prob_via_!r}), so score_samples is not a "
                 "normalised log-density: "
                 + ("the decoder does not invert the encoder everywhere the density has mass"

@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_array, check_is_fitted
 from skorch.callbacks import Callback
 
 from ._conditioning import ConditionalMixin
-from ._normalization import FIT_CHECK_POINTS, TwoDensities, is_normalised
+from ._normalization import TwoDensities, is_normalised
 from ._torch.mfff import ManifoldFreeFormFlowModule
 from ._torch.networks import ResidualMLP, make_network
 from .base import BaseTorchEstimator
@@ -224,26 +224,29 @@ class ManifoldFreeFormFlow(
         ``g = f^-1``; where ``g`` is not the inverse to well within the data's length
         scale, the decoder density has narrow spikes (near folds of ``g``) and integrates
         to well over 1. ``"auto"``: of the two, the one whose integral in the check of
-        ``check_normalization`` is the nearer to 1 (the decoder's on a tie; the choice is
-        ``log_prob_via_``); the decoder's without the check. On the earth data the encoder
-        density was the better normalised one in 27 of the 28 fits where they differed
-        (``benchmarks/README.rst``).
+        ``check_normalization`` is the nearer to 1, counting two relative standard errors
+        against it (``|log Z| + 2 stderr / Z``: a spiky density has a noisy integral); the
+        decoder's on a tie (the choice is ``log_prob_via_``), and without the check. On the
+        earth data the encoder density was the better normalised one in 27 of the 28 fits
+        where they differed (``benchmarks/README.rst``).
     check_normalization : bool, default=True
-        At the end of ``fit``, integrate the learnt density over the manifold with 20 000
-        uniform points (see :meth:`normalization_constant`; a few seconds on a CPU for
-        ``S^2``) and warn when the integral is off 1 by more than 3 % plus two standard
-        errors. Skipped for conditional flows.
+        At the end of ``fit``, integrate the learnt density over the manifold by importance
+        sampling with 50 000 points (:class:`~skfff.manifolds.KernelProposal`, see
+        :meth:`normalization_constant`; a few seconds on a CPU for ``S^2``) and warn when
+        the integral is off 1 by more than 3 % plus two standard errors (or, with
+        ``renormalize``, when its standard error exceeds 1.5 %). Skipped for conditional
+        flows.
     renormalize : bool, default=True
         Divide the density by the integral the end-of-fit check measured
         (``normalization_``), so that ``score_samples`` is a normalised log-density up to
-        the check's Monte Carlo error (a standard error of 1-3 % on the earth data with
-        20 000 points; ``fit`` warns when it exceeds 1.5 %). On a compact manifold the
-        uniform points make this estimate unbiased. The network's density is a normalised
-        one only where ``f`` is one-to-one (encoder) or ``g`` inverts ``f`` (decoder); on
-        concentrated real data neither holds exactly after a finite training, and its raw
-        integral was 1.00-1.24 on the earth data (``benchmarks/README.rst``). Without the
-        check (``check_normalization=False``, conditional flows) nothing is divided.
-        Samples from :meth:`sample` are unaffected (they follow the decoder).
+        that estimate's Monte Carlo error (a standard error of 0.2-1.5 % on the earth data).
+        The estimate is unbiased: importance sampling with a proposal that is positive on
+        the whole manifold. The network's density is a normalised one only where ``f`` is
+        one-to-one (encoder) or ``g`` inverts ``f`` (decoder); on concentrated real data
+        neither holds exactly after a finite training, and its raw integral was 0.95-1.32
+        on the earth data (``benchmarks/README.rst``). Without the check
+        (``check_normalization=False``, conditional flows) nothing is divided. Samples from
+        :meth:`sample` are unaffected (they follow the decoder).
     n_monitor_points : int, default=5000
         Points on which, after every epoch, the integral ``Z`` of the density (the
         encoder's unless ``log_prob_via="decoder"``) is estimated by importance sampling
@@ -349,6 +352,10 @@ class ManifoldFreeFormFlow(
     >>> S.shape, bool(abs((S**2).sum(1) - 1).max() < 1e-6)
     ((4, 3), True)
     """
+
+    #: Points of the end-of-fit integral: its estimate divides the density (``renormalize``),
+    #: so it needs a smaller error than a check alone (2-3 seconds on S^2 on one CPU core).
+    _check_points = 50_000
 
     _architecture_params = (
         "manifold", "hidden_features", "n_blocks", "prior", "n_prior_components", "encoder",
@@ -576,11 +583,11 @@ class ManifoldFreeFormFlow(
         self.log_prob_via_ = "encoder" if self.log_prob_via == "encoder" else "decoder"
         if not self.check_normalization or C is not None:
             return
-        self.normalization_ = self._integral(self.log_prob_via_, FIT_CHECK_POINTS, 0)
+        self.normalization_ = self._integral(self.log_prob_via_, self._check_points, 0)
         if self.log_prob_via == "auto":
             self._take_the_better_normalised()
         estimate, stderr = self.normalization_
-        where = (f"(importance sampling with {FIT_CHECK_POINTS} points; "
+        where = (f"(importance sampling with {self._check_points} points; "
                  f"log_prob_via_={self.log_prob_via_!r})")
         if self.renormalize and math.isfinite(estimate) and estimate > 0:
             self.log_normalizer_ = math.log(estimate)

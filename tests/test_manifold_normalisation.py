@@ -149,6 +149,7 @@ def test_auto_falls_back_to_the_normalised_encoder_density():
      ((1.02, 0.01), (1.004, 0.01), "encoder"),  # both pass: still the nearer
      ((1.01, 0.01), (1.01, 0.01), "decoder"),  # a tie keeps the density of the samples
      ((1.1, 0.01), (0.5, 0.01), "decoder"),  # nearer in ratio: |log 1.1| < |log 0.5|
+     ((1.01, 0.05), (1.02, 0.001), "encoder"),  # as near, far more precise (not spiky)
      ((2.0, 0.01), (float("nan"), float("nan")), "decoder"),
      ((float("nan"), float("nan")), (1.3, 0.01), "encoder")],
 )
