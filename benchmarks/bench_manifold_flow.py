@@ -201,7 +201,8 @@ def earth(names, budget, seeds, beta_scale="auto"):
         fname, skip = EARTH[name]
         latlon = np.genfromtxt(DATA / fname, delimiter=",", skip_header=skip)
         X = latlon_to_unit(latlon[:, 0], latlon[:, 1])
-        rows = {k: [] for k in ("nll", "honest", "kde", "int", "se", "kint", "raw", "fit", "scale")}
+        rows = {k: [] for k in ("nll", "honest", "kde", "int", "se", "kint", "raw", "fit", "scale",
+                                 "encoder", "decoder")}
         epochs = min(300, math.ceil(budget / (0.9 * len(X))))
         for seed in seeds:
             tr, va, te = split(len(X), seed)
@@ -219,7 +220,16 @@ def earth(names, budget, seeds, beta_scale="auto"):
             # the same by importance sampling (other points than fit's check)
             kernel, kernel_se = flow.normalization_constant(100_000, random_state=12345)
             rows["kint"].append(kernel)
-            # the network's own density, before renormalize divided it (20 000 points)
+            # both exact densities, each divided by its own integral (importance sampling)
+            both = {}
+            if hasattr(flow, "proposal_"):
+                E = X[te]
+                for via in ("encoder", "decoder"):
+                    log_p = flow._map_batches(flow._log_prob(via), E, None)
+                    z, _ = flow._integral(via, 100_000, 12345)
+                    both[via] = float(-log_p.mean() + math.log(z))
+                    rows[via].append(both[via])
+            # the network's own density, before renormalize divided it (fit's check)
             rows["raw"].append(flow.normalization_[0])
             rows["honest"].append(rows["nll"][-1] + math.log(estimate))
             rows["se"].append(stderr)
@@ -231,7 +241,8 @@ def earth(names, budget, seeds, beta_scale="auto"):
                   f"integral {estimate:.3f}+-{stderr:.3f} (kernel {kernel:.3f}+-{kernel_se:.3f}, "
                   f"raw {rows['raw'][-1]:.3f}, "
                   f"{flow.log_prob_via_}), "
-                  f"epochs {flow.n_iter_}, {rows['fit'][-1]:.0f} s", flush=True)
+                  + "".join(f"{k} {v:.3f}, " for k, v in both.items())
+                  + f"epochs {flow.n_iter_}, {rows['fit'][-1]:.0f} s", flush=True)
 
         def pm(v, d=3):
             return f"{np.mean(v):.{d}f}+-{np.std(v):.{d}f}"
@@ -242,6 +253,9 @@ def earth(names, budget, seeds, beta_scale="auto"):
               f"{pm(rows['raw']):>16}"
               f"{np.mean(rows['scale']):7.1f}"
               f"{np.mean(rows['fit']):7.0f}", flush=True)
+        if rows["encoder"]:
+            print(f"{'':<12}each density divided by its own integral: encoder "
+                  f"{pm(rows['encoder'])}, decoder {pm(rows['decoder'])}", flush=True)
     print(f"(mean +- std over seeds {list(seeds)}; integral: normalization_constant with "
           "100 000 uniform points, 1 for a normalised density; '+ log Z': the test NLL of the "
           "density divided by that integral; kernel int.: the same integral with 100 000 "

@@ -84,6 +84,13 @@ def concentration(E: np.ndarray, manifold: Manifold, n_neighbors: int = 10,
     return uniform / max(_kth_neighbour_sq(E, k), 1e-6 * uniform)
 
 
+def _precise(estimate: float, stderr: float) -> bool:
+    """Whether an integral's estimate is finite, positive, and has two standard errors
+    within ``_RENORMALIZE_TOL`` of it: good enough to divide a density by."""
+    return bool(math.isfinite(estimate) and estimate > 0
+                and 2.0 * stderr <= _RENORMALIZE_TOL * estimate)
+
+
 class _NormalisedNLL(Callback):
     """Early stopping's criterion: the validation NLL of the density divided by its integral.
 
@@ -583,15 +590,29 @@ class ManifoldFreeFormFlow(
         self.log_prob_via_ = "encoder" if self.log_prob_via == "encoder" else "decoder"
         if not self.check_normalization or C is not None:
             return
+        if self.log_prob_via == "auto" and self.renormalize:
+            # the density is divided by its integral anyway: the encoder's, which early
+            # stopping watched and which needs only f one-to-one, unless its integral
+            # cannot be estimated well (then the better of the two, as without renormalize)
+            encoder = self._integral("encoder", self._check_points, 0)
+            if _precise(*encoder):
+                self.log_prob_via_, self.normalization_ = "encoder", encoder
+                self._renormalize_or_warn()
+                return
         self.normalization_ = self._integral(self.log_prob_via_, self._check_points, 0)
         if self.log_prob_via == "auto":
             self._take_the_better_normalised()
+        self._renormalize_or_warn()
+
+    def _renormalize_or_warn(self) -> None:
+        """Divide by ``normalization_`` (``renormalize``), or warn that the density is not
+        normalised; warn too when the estimate to divide by is imprecise."""
         estimate, stderr = self.normalization_
         where = (f"(importance sampling with {self._check_points} points; "
                  f"log_prob_via_={self.log_prob_via_!r})")
         if self.renormalize and math.isfinite(estimate) and estimate > 0:
             self.log_normalizer_ = math.log(estimate)
-            if 2.0 * stderr <= _RENORMALIZE_TOL * estimate:
+            if _precise(estimate, stderr):
                 return
             warnings.warn(
                 f"The density learnt by {type(self).__name__} integrates to {estimate:.3g} "
@@ -601,7 +622,7 @@ class ManifoldFreeFormFlow(
                 "where the training rows are not (the proposal's kernels sit on them); "
                 "check with normalization_constant(n_points=...).",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         elif not is_normalised(estimate, stderr):
             warnings.warn(
@@ -615,7 +636,7 @@ class ManifoldFreeFormFlow(
                 "check with normalization_constant(). "
                 "Pass check_normalization=False to skip this check.",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
 
     # -------------------------------------------------------------- sklearn
