@@ -188,6 +188,23 @@ def test_renormalize_divides_by_the_integral():
                                .score_samples(U.numpy()), atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("decoder", "encoder", "chosen"),
+    [((1.0, 0.001), (1.3, 0.01), "encoder"),  # renormalised anyway: the monitored density
+     ((1.0, 0.001), (1.3, 0.1), "decoder"),  # unless its integral is too uncertain
+     ((1.0, 0.001), (float("nan"), float("nan")), "decoder")],
+)
+def test_renormalize_prefers_the_encoder_density(monkeypatch, decoder, encoder, chosen):
+    flow = _stretched_flow()
+    integrals = {"decoder": decoder, "encoder": encoder}
+    monkeypatch.setattr(flow, "_integral", lambda via, *args, **kwargs: integrals[via])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a precise estimate to divide by
+        flow._after_fit(flow.proposal_.centres, None, None)
+    assert flow.log_prob_via_ == chosen
+    assert flow.log_normalizer_ == pytest.approx(math.log(integrals[chosen][0]))
+
+
 def test_renormalize_warns_when_the_integral_is_uncertain(monkeypatch):
     flow = _stretched_flow()
     monkeypatch.setattr(flow, "_integral", lambda via, *args, **kwargs: (1.3, 0.03))
