@@ -260,7 +260,7 @@ def earth(names, budget, seeds, beta_scale="auto"):
           "100 000 uniform points, 1 for a normalised density; '+ log Z': the test NLL of the "
           "density divided by that integral; kernel int.: the same integral with 100 000 "
           "importance-sampled points; raw integral: the network's density before "
-          "renormalize divides it, normalization_ from fit's check with 20 000 points)")
+          "renormalize divides it, normalization_ from fit's check with 50 000 points)")
 
 
 def sampling(flow, dist, X, cnf_steps, n=100_000):
