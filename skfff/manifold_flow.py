@@ -309,6 +309,9 @@ class ManifoldFreeFormFlow(
         ``(estimate, stderr)`` of the integral of the network's density over the manifold
         at the end of ``fit``, before ``renormalize`` divides by it (None when
         ``check_normalization=False`` or conditional).
+    proposal_ : KernelProposal
+        The importance sampler of :meth:`normalization_constant` and of the end-of-fit
+        check, fitted to the training rows (at most 2 000 of them are kept).
     log_normalizer_ : float
         What ``score_samples`` subtracts: the log of ``normalization_``'s estimate with
         ``renormalize=True``, else 0.
