@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from skfff.datasets import make_torus_wrapped_normal_mixture, make_vmf_mixture
+from skfff.datasets._manifold import make_rotation_mixture
 from skfff.manifolds import (
     Draw,
     KernelProposal,
@@ -33,7 +34,9 @@ def _cases():
     X, _ = make_vmf_mixture(600, n_components=3, concentration=500.0, random_state=0)
     A, _ = make_torus_wrapped_normal_mixture(600, n_components=2, scale=0.1, random_state=0)
     T2, T1 = Torus(2), Torus(1)
+    R, _ = make_rotation_mixture(600, n_components=2, scale=0.1, random_state=0)
     return {
+        "SO(3)": (SpecialOrthogonal(), SpecialOrthogonal().to_embedding(R)),
         "S^2": (Sphere(2), X),
         "T^2": (T2, T2.to_embedding(A)),
         "S^1": (Sphere(1), T1.to_embedding(A[:, :1])),
@@ -89,12 +92,30 @@ def test_standard_error_is_honest():
 
 
 def test_unsupported_manifold_falls_back_to_uniform():
-    so3 = SpecialOrthogonal()
-    proposal = KernelProposal(so3, _uniform(so3, 50, 0))
+    s3 = Sphere(3)
+    proposal = KernelProposal(s3, _uniform(s3, 50, 0))
     assert not proposal.has_kernels
     draw = proposal.sample(1000, seed=0)
-    np.testing.assert_allclose(draw.log_q, -so3.log_volume())
-    assert draw.integral(np.full(1000, -so3.log_volume())) == pytest.approx((1.0, 0.0))
+    np.testing.assert_allclose(draw.log_q, -s3.log_volume())
+    assert draw.integral(np.full(1000, -s3.log_volume())) == pytest.approx((1.0, 0.0))
+
+
+def test_rotation_kernel_density_is_exact():
+    # one centre, one bandwidth: the density of C Exp(omega a) against a histogram of the
+    # sampled rotation angles (the Haar measure's angle density is (1 - cos omega) / pi)
+    from skfff.manifolds.proposal import _so3_around, _so3_log_kernel
+
+    sigma, rng = 0.4, np.random.default_rng(0)
+    C = np.eye(3).reshape(1, 9)
+    R = _so3_around(np.repeat(C, 200_000, axis=0), sigma, rng)
+    omega = np.arccos(np.clip((R.reshape(-1, 9)[:, [0, 4, 8]].sum(1) - 1) / 2, -1, 1))
+    edges = np.linspace(0.0, math.pi, 41)
+    hist, _ = np.histogram(omega, edges, density=True)
+    mid = 0.5 * (edges[1:] + edges[:-1])
+    # angle density = kernel density (w.r.t. volume) x volume x Haar angle density
+    predicted = (np.exp(_so3_log_kernel(1 + 2 * np.cos(mid), sigma)) * 8 * math.pi**2
+                 * (1 - np.cos(mid)) / math.pi)
+    np.testing.assert_allclose(hist, predicted, atol=0.03 * predicted.max())
 
 
 def test_nan_or_infinite_log_density_gives_nan():

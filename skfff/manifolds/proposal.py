@@ -15,8 +15,11 @@ estimates on ``m`` reference points ``c_j`` (the training rows, at most ``max_ce
 them), with a bandwidth ``s`` from the distances between them, and 4 and 16 times wider
 (a model density is often broader than the data: an undertrained flow by far). Kernels with an
 exact normaliser and an exact sampler: von Mises-Fisher on ``S^2``, von Mises on every angle
-of a torus (and on the circle ``S^1``), and their products. Other manifolds (``SO(3)``,
-spheres of other dimensions) get the uniform part only.
+of a torus (and on the circle ``S^1``), on ``SO(3)`` the rotation ``C Exp(omega a)`` with a
+uniform axis ``a`` and an angle ``omega = s |N(0, I_3)|`` truncated to ``[0, pi]``, whose
+density w.r.t. the volume follows from the Haar measure's ``(1 - cos omega) / pi`` in
+axis-angle coordinates, and products of these. Spheres of other dimensions get the uniform
+part only.
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.special import i0e, logsumexp
+from scipy.stats import chi
 from sklearn.neighbors import NearestNeighbors
 
 from .base import Manifold
 from .distributions import sample_vmf_s2, vmf_log_normalizer_s2
 from .product import Product
+from .so3 import SpecialOrthogonal
 from .sphere import Sphere
 from .torus import Torus
 
@@ -88,12 +93,50 @@ def _factors(manifold: Manifold) -> list[Manifold]:
 
 
 def _kind(factor: Manifold) -> str | None:
-    """``"vmf"`` (S^2), ``"von_mises"`` (torus or circle: angle pairs) or None."""
+    """``"vmf"`` (S^2), ``"von_mises"`` (torus or circle: angle pairs), ``"so3"`` or None."""
     if isinstance(factor, Torus) or (isinstance(factor, Sphere) and factor.ambient_dim == 2):
         return "von_mises"
     if isinstance(factor, Sphere) and factor.ambient_dim == 3:
         return "vmf"
+    if isinstance(factor, SpecialOrthogonal):
+        return "so3"
     return None
+
+
+def _so3_log_kernel(trace: np.ndarray, sigma: float) -> np.ndarray:
+    """Log-density (w.r.t. the volume ``8 pi^2``) of ``C Exp(omega a)`` at a rotation ``R``
+    with ``tr(C^T R) = trace``: ``a`` uniform on ``S^2``, ``omega = sigma |N(0, I_3)|``
+    conditioned on ``omega <= pi``.
+
+    With ``h`` the density of ``omega`` (a scaled chi distribution with 3 degrees of freedom,
+    truncated) the density w.r.t. the Haar probability is ``pi h(omega) / (1 - cos omega)``;
+    ``omega^2 / (1 - cos omega) = 2 / sinc(omega / 2 pi)^2`` keeps it finite at 0.
+    """
+    omega = np.arccos(np.clip((trace - 1.0) / 2.0, -1.0, 1.0))
+    log_truncation = math.log(chi(3).cdf(math.pi / sigma))
+    return (math.log(math.pi) + 0.5 * math.log(2.0 / math.pi) - 3.0 * math.log(sigma)
+            - omega**2 / (2.0 * sigma**2) + math.log(2.0)
+            - 2.0 * np.log(np.sinc(omega / (2.0 * math.pi))) - log_truncation
+            - math.log(8.0 * math.pi**2))
+
+
+def _so3_around(centres: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """One draw of ``C Exp(omega a)`` around each flattened rotation ``C`` (rows)."""
+    n = len(centres)
+    v = rng.standard_normal((n, 3)) * sigma
+    while True:  # redraw the angles beyond pi (truncation)
+        far = np.linalg.norm(v, axis=1) > math.pi
+        if not far.any():
+            break
+        v[far] = rng.standard_normal((int(far.sum()), 3)) * sigma
+    omega = np.linalg.norm(v, axis=1)
+    axis = v / np.maximum(omega, 1e-300)[:, None]
+    k = np.zeros((n, 3, 3))
+    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
+    k = k - k.transpose(0, 2, 1)
+    rotation = (np.eye(3) + np.sin(omega)[:, None, None] * k
+                + (1.0 - np.cos(omega))[:, None, None] * (k @ k))  # Rodrigues
+    return (centres.reshape(n, 3, 3) @ rotation).reshape(n, 9)
 
 
 class KernelProposal:
@@ -155,12 +198,19 @@ class KernelProposal:
         return -n_angles * (math.log(2.0 * math.pi) + kappa + math.log(i0e(kappa)))
 
     def _kernel_log_prob(self, U: np.ndarray, bandwidth: float) -> np.ndarray:
-        """``log k_s(U)``: the kernel density estimate on the centres, shape ``(n,)``."""
+        """``log k_s(U)``: the kernel density estimate on the centres, shape ``(n,)``.
+
+        Every kernel is a function of the dot product of embeddings: ``<u, c>`` on ``S^2``,
+        the sum of ``cos(theta - mu)`` over a torus's angles, ``tr(C^T R)`` on ``SO(3)``.
+        """
         kappa = 1.0 / bandwidth**2
         logits = np.zeros((len(U), len(self.centres)))
         for factor, sl in self._slices():
-            logits += kappa * (U[:, sl] @ self.centres[:, sl].T)
-            logits += self._log_normaliser(factor, kappa)
+            dots = U[:, sl] @ self.centres[:, sl].T
+            if _kind(factor) == "so3":
+                logits += _so3_log_kernel(dots, bandwidth)
+            else:
+                logits += kappa * dots + self._log_normaliser(factor, kappa)
         return logsumexp(logits, axis=1) - math.log(len(self.centres))
 
     # -------------------------------------------------------------- public API
@@ -204,19 +254,21 @@ class KernelProposal:
         for count, scale in zip(counts[1:], SCALES, strict=True):
             if count:
                 centres = self.centres[rng.integers(len(self.centres), size=int(count))]
-                kappa = 1.0 / (scale * self.bandwidth) ** 2
-                parts.append(self._around(centres, kappa, rng, gen))
+                parts.append(self._around(centres, scale * self.bandwidth, rng, gen))
         U = np.concatenate(parts)
         return Draw(U, self.log_prob(U, tuple(counts / n_samples)),
                     tuple(int(c) for c in counts))
 
-    def _around(self, centres: np.ndarray, kappa: float, rng: np.random.Generator,
+    def _around(self, centres: np.ndarray, bandwidth: float, rng: np.random.Generator,
                 gen: torch.Generator) -> np.ndarray:
         """One kernel draw around each row of ``centres``, factor by factor."""
         out = np.empty_like(centres)
+        kappa = 1.0 / bandwidth**2
         for factor, sl in self._slices():
             c = centres[:, sl]
-            if _kind(factor) == "vmf":
+            if _kind(factor) == "so3":
+                out[:, sl] = _so3_around(np.ascontiguousarray(c), bandwidth, rng)
+            elif _kind(factor) == "vmf":
                 mu = torch.from_numpy(np.ascontiguousarray(c))
                 kap = torch.full((len(c),), kappa, dtype=torch.float64)
                 out[:, sl] = sample_vmf_s2(mu, kap, gen).numpy()
