@@ -7,6 +7,8 @@ import numpy as np
 from scipy.special import logsumexp
 from sklearn.utils import check_random_state
 
+from ..manifolds.so3 import log_isotropic_gaussian
+
 __all__ = [
     "RotationMixtureDistribution",
     "VonMisesFisherMixtureDistribution",
@@ -243,12 +245,8 @@ class RotationMixtureDistribution:
         R = Rotation.from_matrix(np.asarray(X, dtype=np.float64).reshape(-1, 3, 3))
         comps = []
         for centre, weight in zip(self.centres, self.weights, strict=True):
-            w = (Rotation.from_matrix(centre).inv() * R).as_rotvec()
-            half = 0.5 * np.linalg.norm(w, axis=1)
-            log_vol = 2 * np.log(np.sinc(half / np.pi))  # log (sin(t/2) / (t/2))^2
-            log_gauss = (-0.5 * (w**2).sum(1) / self.scale**2
-                         - 3 * np.log(self.scale) - 1.5 * np.log(2 * np.pi))
-            comps.append(log_gauss - log_vol + np.log(weight))
+            angle = np.linalg.norm((Rotation.from_matrix(centre).inv() * R).as_rotvec(), axis=1)
+            comps.append(log_isotropic_gaussian(angle, self.scale) + np.log(weight))
         return logsumexp(np.stack(comps, axis=1), axis=1)
 
     def sample(self, n_samples: int, random_state=None) -> tuple[np.ndarray, np.ndarray]:

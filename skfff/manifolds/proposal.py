@@ -15,10 +15,9 @@ estimates on ``m`` reference points ``c_j`` (the training rows, at most ``max_ce
 them), with a bandwidth ``s`` from the distances between them, and 4 and 16 times wider
 (a model density is often broader than the data: an undertrained flow by far). Kernels with an
 exact normaliser and an exact sampler: von Mises-Fisher on ``S^2``, von Mises on every angle
-of a torus (and on the circle ``S^1``), on ``SO(3)`` the rotation ``C Exp(omega a)`` with a
-uniform axis ``a`` and an angle ``omega = s |N(0, I_3)|`` truncated to ``[0, pi]``, whose
-density w.r.t. the volume follows from the Haar measure's ``(1 - cos omega) / pi`` in
-axis-angle coordinates, and products of these. Spheres of other dimensions get the uniform
+of a torus (and on the circle ``S^1``), on ``SO(3)`` the rotation ``C exp(hat(w))`` with
+``w ~ N(0, s^2 I_3)`` truncated to ``|w| <= pi`` (the blur of ``make_rotation_mixture``,
+exact once truncated), and products of these. Spheres of other dimensions get the uniform
 part only.
 """
 
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.spatial.transform import Rotation
 from scipy.special import i0e, logsumexp
 from scipy.stats import chi
 from sklearn.neighbors import NearestNeighbors
@@ -36,7 +36,7 @@ from sklearn.neighbors import NearestNeighbors
 from .base import Manifold
 from .distributions import sample_vmf_s2, vmf_log_normalizer_s2
 from .product import Product
-from .so3 import SpecialOrthogonal
+from .so3 import SpecialOrthogonal, log_isotropic_gaussian
 from .sphere import Sphere
 from .torus import Torus
 
@@ -104,39 +104,24 @@ def _kind(factor: Manifold) -> str | None:
 
 
 def _so3_log_kernel(trace: np.ndarray, sigma: float) -> np.ndarray:
-    """Log-density (w.r.t. the volume ``8 pi^2``) of ``C Exp(omega a)`` at a rotation ``R``
-    with ``tr(C^T R) = trace``: ``a`` uniform on ``S^2``, ``omega = sigma |N(0, I_3)|``
-    conditioned on ``omega <= pi``.
-
-    With ``h`` the density of ``omega`` (a scaled chi distribution with 3 degrees of freedom,
-    truncated) the density w.r.t. the Haar probability is ``pi h(omega) / (1 - cos omega)``;
-    ``omega^2 / (1 - cos omega) = 2 / sinc(omega / 2 pi)^2`` keeps it finite at 0.
-    """
-    omega = np.arccos(np.clip((trace - 1.0) / 2.0, -1.0, 1.0))
-    log_truncation = math.log(chi(3).cdf(math.pi / sigma))
-    return (math.log(math.pi) + 0.5 * math.log(2.0 / math.pi) - 3.0 * math.log(sigma)
-            - omega**2 / (2.0 * sigma**2) + math.log(2.0)
-            - 2.0 * np.log(np.sinc(omega / (2.0 * math.pi))) - log_truncation
-            - math.log(8.0 * math.pi**2))
+    """Log-density (w.r.t. the volume ``8 pi^2``) of ``C exp(hat(w))``,
+    ``w ~ N(0, sigma^2 I_3)`` conditioned on ``|w| <= pi``, at a rotation ``R`` with
+    ``tr(C^T R) = trace``: :func:`~skfff.manifolds.so3.log_isotropic_gaussian` (exact once
+    the rotation vector is confined to one preimage) over the truncation's probability."""
+    angle = np.arccos(np.clip((trace - 1.0) / 2.0, -1.0, 1.0))
+    return log_isotropic_gaussian(angle, sigma) - math.log(chi(3).cdf(math.pi / sigma))
 
 
 def _so3_around(centres: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """One draw of ``C Exp(omega a)`` around each flattened rotation ``C`` (rows)."""
+    """One draw of ``C exp(hat(w))``, ``|w| <= pi``, around each flattened rotation ``C``."""
     n = len(centres)
     v = rng.standard_normal((n, 3)) * sigma
-    while True:  # redraw the angles beyond pi (truncation)
+    while True:  # redraw the rotation vectors beyond pi (truncation)
         far = np.linalg.norm(v, axis=1) > math.pi
         if not far.any():
             break
         v[far] = rng.standard_normal((int(far.sum()), 3)) * sigma
-    omega = np.linalg.norm(v, axis=1)
-    axis = v / np.maximum(omega, 1e-300)[:, None]
-    k = np.zeros((n, 3, 3))
-    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
-    k = k - k.transpose(0, 2, 1)
-    rotation = (np.eye(3) + np.sin(omega)[:, None, None] * k
-                + (1.0 - np.cos(omega))[:, None, None] * (k @ k))  # Rodrigues
-    return (centres.reshape(n, 3, 3) @ rotation).reshape(n, 9)
+    return (centres.reshape(n, 3, 3) @ Rotation.from_rotvec(v).as_matrix()).reshape(n, 9)
 
 
 class KernelProposal:
