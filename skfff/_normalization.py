@@ -83,14 +83,16 @@ class TwoDensities:
         module = self.module_
         return lambda x, c: module.log_prob(x, c, via=via)
 
-    def _take_the_better_normalised(self) -> None:
+    def _take_the_better_normalised(self, encoder: tuple[float, float] | None = None) -> None:
         """Switch to the encoder density if its integral is the nearer to 1
         (:func:`nearer_to_one`; the decoder's is kept on a tie or when the encoder's cannot
-        be computed): it needs only ``f`` one-to-one, not ``g = f^-1`` everywhere."""
-        try:
-            encoder = self._integral("encoder", self._check_points, 0)
-        except FloatingPointError:
-            return
+        be computed): it needs only ``f`` one-to-one, not ``g = f^-1`` everywhere.
+        ``encoder``: that integral when the caller has already measured it (same points)."""
+        if encoder is None:
+            try:
+                encoder = self._integral("encoder", self._check_points, 0)
+            except FloatingPointError:
+                return
         if nearer_to_one(encoder, self.normalization_):
             self.log_prob_via_, self.normalization_ = "encoder", encoder
 

@@ -95,24 +95,23 @@ class _NormalisedNLL(Callback):
     """Early stopping's criterion: the validation NLL of the density divided by its integral.
 
     After each epoch, ``log Z`` of the module's density (``module.log_prob_via``) is
-    estimated by importance sampling on ``n_points`` fixed points of a
-    :class:`~skfff.manifolds.proposal.KernelProposal` fitted to the training rows (the same
-    points at every epoch, so that the Monte Carlo error does not make the criterion
+    estimated by importance sampling on ``n_points`` fixed points of ``proposal`` (the
+    estimator's :class:`~skfff.manifolds.KernelProposal`, fitted to the training rows; the
+    same points at every epoch, so that the Monte Carlo error does not make the criterion
     fluctuate) and recorded as ``valid_log_z``, and ``valid_normalised_nll = valid_nll +
     valid_log_z``: the NLL of ``p / Z``, a normalised density. Spurious mass (``Z > 1``)
     lowers the NLL and raises ``log Z`` alike, so it cannot make an epoch look better.
     """
 
-    def __init__(self, manifold: Manifold, n_points: int, seed: int,
+    def __init__(self, proposal: KernelProposal, n_points: int, seed: int,
                  batch_size: int = 8192) -> None:
-        self.manifold = manifold
+        self.proposal = proposal
         self.n_points = n_points
         self.seed = seed
         self.batch_size = batch_size
 
-    def on_train_begin(self, net: Any, X: Any = None, **kwargs: Any) -> None:
-        proposal = KernelProposal(self.manifold, np.asarray(X["x"], dtype=np.float64))
-        self.draw_ = proposal.sample(self.n_points, self.seed)
+    def on_train_begin(self, net: Any, **kwargs: Any) -> None:
+        self.draw_ = self.proposal.sample(self.n_points, self.seed)
         self.points_ = torch.from_numpy(self.draw_.points).to(net.device, torch.float32)
 
     def on_epoch_end(self, net: Any, **kwargs: Any) -> None:
@@ -548,6 +547,9 @@ class ManifoldFreeFormFlow(
         else:
             self.beta_scale_ = float(self.beta_scale)
 
+        # the importance sampler of the monitor, of the end-of-fit check and of
+        # normalization_constant
+        self.proposal_ = KernelProposal(self.manifold_, X)
         normalised = self.n_monitor_points > 0 and self.early_stopping and C is None
         self.monitor_ = "valid_normalised_nll" if normalised else "valid_loss"
         via = "encoder" if self.log_prob_via == "encoder" or (
@@ -583,11 +585,10 @@ class ManifoldFreeFormFlow(
         # after the epoch's validation metrics are averaged, before early stopping reads them
         # other points than the end-of-fit check's, whose estimate is then not the one the
         # epoch was chosen on
-        monitor = _NormalisedNLL(self.manifold_, self.n_monitor_points, self._seed(1))
+        monitor = _NormalisedNLL(self.proposal_, self.n_monitor_points, self._seed(1))
         return [callbacks[0], ("normalised_nll", monitor), *callbacks[1:]]
 
     def _after_fit(self, X: np.ndarray, C: np.ndarray | None, y: Any) -> None:
-        self.proposal_ = KernelProposal(self.manifold_, X)
         self.normalization_ = None
         self.log_normalizer_ = 0.0
         self.log_prob_via_ = "encoder" if self.log_prob_via == "encoder" else "decoder"
@@ -602,9 +603,11 @@ class ManifoldFreeFormFlow(
                 self.log_prob_via_, self.normalization_ = "encoder", encoder
                 self._renormalize_or_warn()
                 return
+        else:
+            encoder = None
         self.normalization_ = self._integral(self.log_prob_via_, self._check_points, 0)
         if self.log_prob_via == "auto":
-            self._take_the_better_normalised()
+            self._take_the_better_normalised(encoder)
         self._renormalize_or_warn()
 
     def _renormalize_or_warn(self) -> None:
