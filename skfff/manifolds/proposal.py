@@ -182,20 +182,23 @@ class KernelProposal:
         n_angles = factor.ambient_dim // 2  # von Mises: 1 / (2 pi I0(kappa)) per angle
         return -n_angles * (math.log(2.0 * math.pi) + kappa + math.log(i0e(kappa)))
 
-    def _kernel_log_prob(self, U: np.ndarray, bandwidth: float) -> np.ndarray:
-        """``log k_s(U)``: the kernel density estimate on the centres, shape ``(n,)``.
+    def _dots(self, U: np.ndarray) -> list[tuple[Manifold, np.ndarray]]:
+        """Each factor with the dot products of its embeddings of ``U`` and of the centres,
+        ``(n, m)``: every kernel is a function of them (``<u, c>`` on ``S^2``, the sum of
+        ``cos(theta - mu)`` over a torus's angles, ``tr(C^T R)`` on ``SO(3)``)."""
+        return [(factor, U[:, sl] @ self.centres[:, sl].T) for factor, sl in self._slices()]
 
-        Every kernel is a function of the dot product of embeddings: ``<u, c>`` on ``S^2``,
-        the sum of ``cos(theta - mu)`` over a torus's angles, ``tr(C^T R)`` on ``SO(3)``.
-        """
+    def _kernel_log_prob(self, dots: list[tuple[Manifold, np.ndarray]],
+                         bandwidth: float) -> np.ndarray:
+        """``log k_s``: the kernel density estimate on the centres at the points whose
+        :meth:`_dots` are given, shape ``(n,)``."""
         kappa = 1.0 / bandwidth**2
-        logits = np.zeros((len(U), len(self.centres)))
-        for factor, sl in self._slices():
-            dots = U[:, sl] @ self.centres[:, sl].T
+        logits = np.zeros_like(dots[0][1])
+        for factor, dot in dots:
             if _kind(factor) == "so3":
-                logits += _so3_log_kernel(dots, bandwidth)
+                logits += _so3_log_kernel(dot, bandwidth)
             else:
-                logits += kappa * dots + self._log_normaliser(factor, kappa)
+                logits += kappa * dot + self._log_normaliser(factor, kappa)
         return logsumexp(logits, axis=1) - math.log(len(self.centres))
 
     # -------------------------------------------------------------- public API
@@ -211,9 +214,9 @@ class KernelProposal:
             log_w = np.log(np.asarray(weights, dtype=np.float64))
         out = []
         for s in range(0, len(U), block):
-            u = U[s : s + block]
-            parts = [np.full(len(u), log_w[0] + log_uniform)]
-            parts += [lw + self._kernel_log_prob(u, scale * self.bandwidth)
+            dots = self._dots(U[s : s + block])  # once for every bandwidth
+            parts = [np.full(len(dots[0][1]), log_w[0] + log_uniform)]
+            parts += [lw + self._kernel_log_prob(dots, scale * self.bandwidth)
                       for lw, scale in zip(log_w[1:], SCALES, strict=True)]
             out.append(logsumexp(np.stack(parts, 1), axis=1))
         return np.concatenate(out) if out else np.empty(0)
