@@ -366,12 +366,14 @@ _TRAINING_PARAMETERS: dict[str, tuple[str, str]] = {
 }
 
 def _training_parameters_doc(cls: type) -> str:
-    """numpydoc entries of the shared parameters, with ``cls``'s defaults."""
+    """numpydoc entries of the shared parameters, with ``cls``'s defaults (and its
+    ``_training_parameter_docs`` in place of the shared entries it rewrites)."""
     import textwrap
 
     params = inspect.signature(cls.__init__).parameters
+    entries = {**_TRAINING_PARAMETERS, **getattr(cls, "_training_parameter_docs", {})}
     lines = []
-    for name, (kind, text) in _TRAINING_PARAMETERS.items():
+    for name, (kind, text) in entries.items():
         default = params[name].default if name in params else None
         lines.append(f"{name} : {kind}, default={default!r}")
         lines += textwrap.wrap(text, 84, initial_indent="    ", subsequent_indent="    ")
@@ -679,7 +681,33 @@ class BaseTorchEstimator(BaseEstimator):
         """
         return "valid_loss" if has_valid else "train_loss"
 
+    #: ``max_epochs="auto"`` (where a subclass accepts it): the epochs that give about this
+    #: many optimiser steps, within :attr:`_AUTO_EPOCH_RANGE`.
+    _AUTO_STEPS: int = 8000
+    _AUTO_EPOCH_RANGE: tuple[int, int] = (300, 1000)
+
+    def _epochs(self, n_train_rows: int) -> int:
+        """``max_epochs`` for ``n_train_rows`` training rows (``"auto"`` resolved).
+
+        ``"auto"`` counts optimiser steps, not passes: ``ceil(_AUTO_STEPS / steps per
+        epoch)`` clipped to :attr:`_AUTO_EPOCH_RANGE`, so small data sets, whose epochs
+        are a few steps each, still train long enough.
+        """
+        if self.max_epochs != "auto":
+            return int(self.max_epochs)
+        steps = math.ceil(n_train_rows / self._batch_size(n_train_rows))
+        low, high = self._AUTO_EPOCH_RANGE
+        return int(np.clip(math.ceil(self._AUTO_STEPS / steps), low, high))
+
+    def _patience(self, max_epochs: int) -> int:
+        """``patience`` (``"auto"``: a third of ``max_epochs``, at least 50)."""
+        if self.patience == "auto":
+            return max(max_epochs // 3, 50)
+        return int(self.patience)
+
     def _make_callbacks(self, n_train_rows: int, has_valid: bool) -> list[tuple[str, Callback]]:
+        max_epochs = self._epochs(n_train_rows)
+        patience = self._patience(max_epochs)
         cbs: list[tuple[str, Callback]] = [("epoch_metrics", _EpochMetrics())]
         if self.lr_schedule == "plateau":
             cbs.append((
@@ -688,7 +716,7 @@ class BaseTorchEstimator(BaseEstimator):
                     policy="ReduceLROnPlateau",
                     monitor=self._monitor(has_valid),
                     factor=0.5,
-                    patience=max(self.patience // 3, 1),
+                    patience=max(patience // 3, 1),
                     threshold=1e-3,
                     threshold_mode="abs",
                     min_lr=1e-3 * self.lr,
@@ -698,7 +726,7 @@ class BaseTorchEstimator(BaseEstimator):
             cbs.append((
                 "lr_schedule",
                 LRScheduler(  # last_epoch=-1: a warm refit anneals anew over max_epochs
-                    policy="CosineAnnealingLR", T_max=self.max_epochs, eta_min=0.01 * self.lr,
+                    policy="CosineAnnealingLR", T_max=max_epochs, eta_min=0.01 * self.lr,
                     last_epoch=-1,
                 ),
             ))
@@ -707,7 +735,7 @@ class BaseTorchEstimator(BaseEstimator):
                 "early_stopping",
                 _EarlyStopping(
                     monitor=self._monitor(has_valid),
-                    patience=self.patience,
+                    patience=patience,
                     threshold=1e-3,
                     threshold_mode="abs",
                     load_best=True,
@@ -715,7 +743,7 @@ class BaseTorchEstimator(BaseEstimator):
                 ),
             ))
         if self.verbose:
-            cbs.append(("progress", _ProgressBar(self.max_epochs, type(self).__name__)))
+            cbs.append(("progress", _ProgressBar(max_epochs, type(self).__name__)))
         for i, cb in enumerate(self.callbacks or []):
             name = cb[0] if isinstance(cb, tuple) else f"user_{i}"
             obj = cb[1] if isinstance(cb, tuple) else cb
@@ -761,7 +789,7 @@ class BaseTorchEstimator(BaseEstimator):
                 optimizer__weight_decay=self.weight_decay,
                 **_fused_optimizer_kwargs(self.optimizer, device),
                 lr=self.lr,
-                max_epochs=self.max_epochs,
+                max_epochs=self._epochs(n - n_valid),
                 batch_size=self._batch_size(n - n_valid),
                 iterator_train__shuffle=True,
                 iterator_train__collate_fn=_batch_collate,

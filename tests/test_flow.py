@@ -325,3 +325,49 @@ def test_off_data_reconstruction_keeps_decoder_inverse_near_the_data():
     err_plain, err_guarded = round_trip(plain), round_trip(guarded)
     assert np.quantile(err_guarded, 0.9) < 0.5 * np.quantile(err_plain, 0.9)
     assert err_guarded.max() < 0.5
+
+
+def test_auto_epochs_count_optimiser_steps():
+    """``max_epochs="auto"``: about 8000 optimiser steps, within 300-1000 epochs."""
+    flow = FreeFormFlow()
+    # 450 training rows: batches of 56, 9 steps an epoch, ceil(8000 / 9) = 889 epochs
+    assert flow._epochs(450) == 889
+    assert flow._patience(889) == 296
+    assert flow._epochs(4500) == 445  # batches of 256, 18 steps
+    assert flow._epochs(45_000) == 300  # floor
+    assert flow._epochs(20) == 1000  # cap
+    assert flow._patience(90) == 50  # floor of the automatic patience
+    fixed = FreeFormFlow(max_epochs=7, patience=3)
+    assert (fixed._epochs(450), fixed._patience(7)) == (7, 3)
+    callbacks = dict(flow._make_callbacks(450, has_valid=True))
+    assert callbacks["early_stopping"].patience == 296
+
+
+def test_auto_epochs_drive_the_loop_and_the_cosine_schedule(monkeypatch):
+    """The resolved epoch count is what the loop runs and what the cosine schedule spans."""
+    monkeypatch.setattr(FreeFormFlow, "_AUTO_STEPS", 24)
+    monkeypatch.setattr(FreeFormFlow, "_AUTO_EPOCH_RANGE", (2, 10))
+    X = np.random.default_rng(0).normal(size=(100, 2))
+    # 90 training rows, batches of 32: 3 steps an epoch, ceil(24 / 3) = 8 epochs
+    flow = FreeFormFlow(
+        hidden_features=8, n_blocks=1, early_stopping=False, lr=1e-3, random_state=0
+    ).fit(X)
+    assert flow.n_iter_ == 8
+    epochs = np.arange(8)
+    cosine = 1e-5 + (1e-3 - 1e-5) * (1 + np.cos(np.pi * epochs / 8)) / 2
+    np.testing.assert_allclose(flow.history_[:, "event_lr"], cosine, rtol=1e-6)
+
+
+def test_auto_is_a_flow_only_budget():
+    """``"auto"`` epochs are FreeFormFlow's; other values and other estimators are refused."""
+    from skfff import MLAutoencoder
+
+    X = np.random.default_rng(0).normal(size=(50, 3))
+    with pytest.raises(ValueError, match="max_epochs"):
+        FreeFormFlow(max_epochs="long").fit(X)
+    with pytest.raises(ValueError, match="patience"):
+        FreeFormFlow(patience=0).fit(X)
+    with pytest.raises(ValueError, match="max_epochs"):
+        MLAutoencoder(n_components=1, max_epochs="auto").fit(X)
+    assert 'max_epochs : int or "auto"' in FreeFormFlow.__doc__
+    assert "max_epochs : int, default=300" in MLAutoencoder.__doc__
