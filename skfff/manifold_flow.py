@@ -595,6 +595,7 @@ class ManifoldFreeFormFlow(
         self.log_prob_via_ = "encoder" if self.log_prob_via == "encoder" else "decoder"
         if not self.check_normalization or C is not None:
             return
+        encoder = None
         if self.log_prob_via == "auto" and self.renormalize:
             # the density is divided by its integral anyway: the encoder's, which early
             # stopping watched and which needs only f one-to-one, unless its integral
@@ -604,8 +605,6 @@ class ManifoldFreeFormFlow(
                 self.log_prob_via_, self.normalization_ = "encoder", encoder
                 self._renormalize_or_warn()
                 return
-        else:
-            encoder = None
         self.normalization_ = self._integral(self.log_prob_via_, self._check_points, 0)
         if self.log_prob_via == "auto":
             self._take_the_better_normalised(encoder)
