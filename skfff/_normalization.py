@@ -26,20 +26,31 @@ from scipy.special import logsumexp
 
 __all__ = [
     "FIT_CHECK_POINTS",
+    "RENORMALIZE_TOL",
     "TwoDensities",
     "importance_integral",
     "is_normalised",
+    "is_precise",
     "nearer_to_one",
 ]
 
 #: Points of the normalisation check that ``fit`` runs (FreeFormFlow, ManifoldFreeFormFlow).
 FIT_CHECK_POINTS = 20_000
+#: ``renormalize=True`` warns when two standard errors of the integral exceed this fraction.
+RENORMALIZE_TOL = 0.03
 
 
 def is_normalised(estimate: float, stderr: float, tol: float = 0.03) -> bool:
     """Whether a Monte Carlo integral is 1 to within ``tol`` plus two standard errors
     (False for NaN)."""
     return bool(abs(estimate - 1.0) <= tol + 2.0 * stderr)
+
+
+def is_precise(estimate: float, stderr: float) -> bool:
+    """Whether an integral's estimate is finite, positive, and has two standard errors
+    within ``RENORMALIZE_TOL`` of it: good enough to divide a density by."""
+    return bool(math.isfinite(estimate) and estimate > 0
+                and 2.0 * stderr <= RENORMALIZE_TOL * estimate)
 
 
 def nearer_to_one(candidate: tuple[float, float], current: tuple[float, float]) -> bool:
@@ -63,9 +74,9 @@ class TwoDensities:
     """The two exact densities of a free-form flow and the choice between them.
 
     For estimators whose module has ``log_prob(x, c, via=...)`` with ``via`` in
-    ``{"decoder", "encoder"}``, a ``log_prob_via`` parameter (``"auto"`` or one of those),
-    the attributes ``log_prob_via_`` / ``normalization_`` set in ``fit``, and an
-    ``_integral(via, n_points, random_state)`` returning ``(estimate, stderr)``
+    ``{"decoder", "encoder"}``, ``log_prob_via`` and ``renormalize`` parameters, the
+    attributes ``log_prob_via_`` / ``normalization_`` / ``log_normalizer_`` set in ``fit``,
+    and an ``_integral(via, n_points, random_state)`` returning ``(estimate, stderr)``
     (FreeFormFlow, ManifoldFreeFormFlow).
     """
 
@@ -95,6 +106,20 @@ class TwoDensities:
                 return
         if nearer_to_one(encoder, self.normalization_):
             self.log_prob_via_, self.normalization_ = "encoder", encoder
+
+    def _renormalize(self) -> str | None:
+        """Set ``log_normalizer_`` from ``normalization_`` and say what the caller should
+        warn about: ``"imprecise"`` (divided by an estimate whose two standard errors exceed
+        ``RENORMALIZE_TOL`` of it), ``"not normalised"`` (not divided, and off 1 by more than
+        :func:`is_normalised` allows), or None."""
+        self.log_normalizer_ = 0.0
+        if self.normalization_ is None:
+            return None
+        estimate, stderr = self.normalization_
+        if self.renormalize and math.isfinite(estimate) and estimate > 0:
+            self.log_normalizer_ = math.log(estimate)
+            return None if is_precise(estimate, stderr) else "imprecise"
+        return None if is_normalised(estimate, stderr) else "not normalised"
 
 
 #: Rows of log-density evaluated at once.

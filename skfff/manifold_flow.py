@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_array, check_is_fitted
 from skorch.callbacks import Callback
 
 from ._conditioning import ConditionalMixin
-from ._normalization import TwoDensities, is_normalised
+from ._normalization import TwoDensities, is_precise
 from ._torch.mfff import ManifoldFreeFormFlowModule
 from ._torch.networks import ResidualMLP, make_network
 from .base import BaseTorchEstimator
@@ -40,8 +40,6 @@ _MANIFOLD_NAMES = {"sphere", "torus", "so3"}
 #: S^2 score 5.1; two wrapped normals with sigma = 0.5 on T^2, 8.6).
 _REFERENCE_CONCENTRATION = 10.0
 _MAX_BETA_SCALE = 10.0
-#: ``renormalize=True`` warns when two standard errors of the integral exceed this fraction.
-_RENORMALIZE_TOL = 0.03
 
 
 def _kth_neighbour_sq(P: np.ndarray, k: int) -> float:
@@ -82,13 +80,6 @@ def concentration(E: np.ndarray, manifold: Manifold, n_neighbors: int = 10,
                                 dtype=torch.float64).numpy()
     uniform = _kth_neighbour_sq(U, k)
     return uniform / max(_kth_neighbour_sq(E, k), 1e-6 * uniform)
-
-
-def _precise(estimate: float, stderr: float) -> bool:
-    """Whether an integral's estimate is finite, positive, and has two standard errors
-    within ``_RENORMALIZE_TOL`` of it: good enough to divide a density by."""
-    return bool(math.isfinite(estimate) and estimate > 0
-                and 2.0 * stderr <= _RENORMALIZE_TOL * estimate)
 
 
 class _NormalisedNLL(Callback):
@@ -601,7 +592,7 @@ class ManifoldFreeFormFlow(
             # stopping watched and which needs only f one-to-one, unless its integral
             # cannot be estimated well (then the better of the two, as without renormalize)
             encoder = self._integral("encoder", self._check_points, 0)
-            if _precise(*encoder):
+            if is_precise(*encoder):
                 self.log_prob_via_, self.normalization_ = "encoder", encoder
                 self._renormalize_or_warn()
                 return
@@ -613,13 +604,13 @@ class ManifoldFreeFormFlow(
     def _renormalize_or_warn(self) -> None:
         """Divide by ``normalization_`` (``renormalize``), or warn that the density is not
         normalised; warn too when the estimate to divide by is imprecise."""
+        problem = self._renormalize()
+        if problem is None:
+            return
         estimate, stderr = self.normalization_
         where = (f"(importance sampling with {self._check_points} points; "
                  f"log_prob_via_={self.log_prob_via_!r})")
-        if self.renormalize and math.isfinite(estimate) and estimate > 0:
-            self.log_normalizer_ = math.log(estimate)
-            if _precise(estimate, stderr):
-                return
+        if problem == "imprecise":
             warnings.warn(
                 f"The density learnt by {type(self).__name__} integrates to {estimate:.3g} "
                 f"+- {stderr:.2g} over the manifold {where}; score_samples divides it by "
@@ -630,7 +621,7 @@ class ManifoldFreeFormFlow(
                 UserWarning,
                 stacklevel=5,
             )
-        elif not is_normalised(estimate, stderr):
+        else:
             warnings.warn(
                 f"The density learnt by {type(self).__name__} integrates to {estimate:.3g} "
                 f"+- {stderr:.2g} over the manifold instead of 1 {where}, so score_samples "

@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
+from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -122,19 +123,66 @@ def test_fit_warns_when_the_density_does_not_integrate_to_one():
 
     X = np.random.default_rng(0).normal(size=(300, 2))
     flow = FreeFormFlow(encoder=linear(1.0), decoder=linear(2.0), lr=1e-9, max_epochs=1,
-                        log_prob_via="decoder", random_state=0)
-    with pytest.warns(UserWarning, match=r"integrates to 0\.2[45]"):
+                        log_prob_via="decoder", renormalize=False, random_state=0)
+    with pytest.warns(UserWarning, match=r"integrates to 0\.2[45].*renormalize=True"):
         flow.fit(X)
     assert flow.normalization_[0] == pytest.approx(0.25, rel=0.03)
+    assert flow.log_normalizer_ == 0.0
+    x = flow._scaled(X[:5])
+    true = multivariate_normal(np.zeros(2)).logpdf(x) - np.log(flow.scale_).sum()
+    np.testing.assert_allclose(flow.score_samples(X[:5]), true - np.log(4.0), atol=1e-4)
+    # renormalize (the default) divides by the measured integral: the true density again,
+    # up to the estimate's Monte Carlo error, and without a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        flow.set_params(renormalize=True).fit(X)
+    assert flow.log_normalizer_ == pytest.approx(np.log(flow.normalization_[0]))
+    np.testing.assert_allclose(flow.score_samples(X[:5]), true, atol=0.03)
+    # the public integral measures what score_samples returns
+    assert flow.normalization_constant(20_000, random_state=1)[0] == pytest.approx(1, abs=0.03)
     # "auto" takes the encoder density instead: f is one-to-one, so it is normalised
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        auto = flow.set_params(log_prob_via="auto").fit(X)
+        auto = flow.set_params(log_prob_via="auto", renormalize=False).fit(X)
     assert auto.log_prob_via_ == "encoder"
     assert auto.normalization_[0] == pytest.approx(1.0, abs=0.02)
-    x = auto._scaled(X[:5])
-    expected = multivariate_normal(np.zeros(2)).logpdf(x) - np.log(auto.scale_).sum()
-    np.testing.assert_allclose(auto.score_samples(X[:5]), expected, atol=1e-4)
+    np.testing.assert_allclose(auto.score_samples(X[:5]), true, atol=1e-4)
+
+
+def test_renormalize_only_where_the_check_ran():
+    """Above 3 features (no check by default), conditional, or with the check off, nothing
+    is divided; a forced check in 4-D divides by its estimate."""
+    X = np.random.default_rng(0).normal(size=(200, 4))
+    plain = FreeFormFlow(**FAST, random_state=0).fit(X)
+    assert plain.normalization_ is None and plain.log_normalizer_ == 0.0
+    cond = FreeFormFlow(**FAST, conditional=True, random_state=0).fit(X[:, :2], X[:, 2] > 0)
+    assert cond.log_normalizer_ == 0.0
+    off = FreeFormFlow(**FAST, check_normalization=False, random_state=0).fit(X[:, :2])
+    assert off.log_normalizer_ == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a 3-epoch fit may be imprecise
+        forced = FreeFormFlow(**FAST, check_normalization=True, random_state=0).fit(X)
+        raw = clone(forced).set_params(renormalize=False).fit(X)
+    assert forced.log_normalizer_ == pytest.approx(np.log(forced.normalization_[0]))
+    np.testing.assert_allclose(forced.score_samples(X[:5]),
+                               raw.score_samples(X[:5]) - forced.log_normalizer_, atol=1e-6)
+
+
+def test_renormalize_warns_when_the_estimate_is_imprecise(monkeypatch):
+    """An integral whose standard error is over 1.5 % of it is still divided by, with a
+    warning that says how uncertain the log-densities are."""
+    X = np.random.default_rng(0).normal(size=(200, 2))
+    flow = FreeFormFlow(**FAST, log_prob_via="decoder", random_state=0)
+    monkeypatch.setattr(FreeFormFlow, "_integral", lambda self, *a, **k: (2.0, 0.1))
+    with pytest.warns(UserWarning, match=r"integrates to 2 \+- 0\.1.*divides.*uncertain"):
+        flow.fit(X)
+    assert flow.log_normalizer_ == pytest.approx(np.log(2.0))
+    # and a precise estimate is divided by silently
+    monkeypatch.setattr(FreeFormFlow, "_integral", lambda self, *a, **k: (2.0, 0.01))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        flow.fit(X)
+    assert flow.log_normalizer_ == pytest.approx(np.log(2.0))
 
 
 def test_encoder_and_decoder_densities_agree_when_g_inverts_f(gaussian_flow):
