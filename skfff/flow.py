@@ -16,7 +16,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._conditioning import ConditionalMixin
-from ._normalization import TwoDensities, importance_integral, is_normalised
+from ._normalization import TwoDensities, importance_integral
 from ._torch.fff import FreeFormFlowModule
 from ._torch.networks import ResidualMLP, make_network
 from .base import BaseTorchEstimator
