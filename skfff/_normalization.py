@@ -107,6 +107,31 @@ class TwoDensities:
         if nearer_to_one(encoder, self.normalization_):
             self.log_prob_via_, self.normalization_ = "encoder", encoder
 
+    def _measure_normalization(self) -> str | None:
+        """The end-of-fit check: measure the integral, choose the density (``"auto"``) and
+        divide by the integral (``renormalize``); return what the caller should warn about
+        (see :meth:`_renormalize`).
+
+        With ``log_prob_via="auto"`` and ``renormalize`` the encoder density is taken when
+        its integral is precise: the division normalises either density, and the encoder's
+        needs only ``f`` one-to-one, while the decoder's can have narrow spikes (near folds
+        of ``g``) that the importance sampler misses, so that its estimate is too low and
+        its standard error too small (``benchmarks/README.rst``). Otherwise the density is
+        the one whose integral is nearer to 1 (:meth:`_take_the_better_normalised`).
+        ``log_prob_via_`` must hold the density to measure first (``"decoder"`` for
+        ``"auto"``). Raises ``FloatingPointError`` when a log-density is not finite.
+        """
+        encoder = None
+        if self.log_prob_via == "auto" and self.renormalize:
+            encoder = self._integral("encoder", self._check_points, 0)
+            if is_precise(*encoder):
+                self.log_prob_via_, self.normalization_ = "encoder", encoder
+                return self._renormalize()
+        self.normalization_ = self._integral(self.log_prob_via_, self._check_points, 0)
+        if self.log_prob_via == "auto":
+            self._take_the_better_normalised(encoder)
+        return self._renormalize()
+
     def _renormalize(self) -> str | None:
         """Set ``log_normalizer_`` from ``normalization_`` and say what the caller should
         warn about: ``"imprecise"`` (divided by an estimate whose two standard errors exceed

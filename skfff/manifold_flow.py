@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_array, check_is_fitted
 from skorch.callbacks import Callback
 
 from ._conditioning import ConditionalMixin
-from ._normalization import TwoDensities, is_precise
+from ._normalization import TwoDensities
 from ._torch.mfff import ManifoldFreeFormFlowModule
 from ._torch.networks import ResidualMLP, make_network
 from .base import BaseTorchEstimator
@@ -586,25 +586,12 @@ class ManifoldFreeFormFlow(
         self.log_prob_via_ = "encoder" if self.log_prob_via == "encoder" else "decoder"
         if not self.check_normalization or C is not None:
             return
-        encoder = None
-        if self.log_prob_via == "auto" and self.renormalize:
-            # the density is divided by its integral anyway: the encoder's, which early
-            # stopping watched and which needs only f one-to-one, unless its integral
-            # cannot be estimated well (then the better of the two, as without renormalize)
-            encoder = self._integral("encoder", self._check_points, 0)
-            if is_precise(*encoder):
-                self.log_prob_via_, self.normalization_ = "encoder", encoder
-                self._renormalize_or_warn()
-                return
-        self.normalization_ = self._integral(self.log_prob_via_, self._check_points, 0)
-        if self.log_prob_via == "auto":
-            self._take_the_better_normalised(encoder)
-        self._renormalize_or_warn()
+        # with renormalize the encoder density, which early stopping watched, unless its
+        # integral cannot be estimated well
+        self._warn_about(self._measure_normalization())
 
-    def _renormalize_or_warn(self) -> None:
-        """Divide by ``normalization_`` (``renormalize``), or warn that the density is not
-        normalised; warn too when the estimate to divide by is imprecise."""
-        problem = self._renormalize()
+    def _warn_about(self, problem: str | None) -> None:
+        """Warn that the density divided by an imprecise integral, or is not normalised."""
         if problem is None:
             return
         estimate, stderr = self.normalization_

@@ -161,7 +161,8 @@ def test_renormalize_only_where_the_check_ran():
     assert off.log_normalizer_ == 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # a 3-epoch fit may be imprecise
-        forced = FreeFormFlow(**FAST, check_normalization=True, random_state=0).fit(X)
+        forced = FreeFormFlow(**FAST, check_normalization=True, log_prob_via="decoder",
+                              random_state=0).fit(X)
         raw = clone(forced).set_params(renormalize=False).fit(X)
     assert forced.log_normalizer_ == pytest.approx(np.log(forced.normalization_[0]))
     np.testing.assert_allclose(forced.score_samples(X[:5]),
@@ -214,6 +215,29 @@ def test_auto_takes_the_better_normalised_density(monkeypatch, decoder, encoder,
     flow._take_the_better_normalised()
     assert flow.log_prob_via_ == chosen
     assert flow.normalization_ == (decoder if chosen == "decoder" else encoder)
+
+
+@pytest.mark.parametrize(
+    ("renormalize", "encoder", "chosen"),
+    [(True, (1.2, 0.01), "encoder"), (False, (1.2, 0.01), "decoder"),
+     (True, (1.2, 0.1), "decoder")],
+)
+def test_auto_with_renormalize_prefers_a_precise_encoder(monkeypatch, renormalize, encoder,
+                                                         chosen):
+    """With ``renormalize`` both densities end normalised, and the encoder's is taken when
+    its integral is precise (two standard errors within 3 %), even if the decoder's is the
+    nearer to 1; otherwise the nearer to 1 wins as without it."""
+    X = np.random.default_rng(0).normal(size=(200, 2))
+    decoder = (1.0, 0.001)
+    monkeypatch.setattr(FreeFormFlow, "_integral",
+                        lambda self, via, *a, **k: {"decoder": decoder, "encoder": encoder}[via])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        flow = FreeFormFlow(**FAST, renormalize=renormalize, random_state=0).fit(X)
+    assert flow.log_prob_via_ == chosen
+    expected = {"decoder": decoder, "encoder": encoder}[chosen]
+    assert flow.normalization_ == expected
+    assert flow.log_normalizer_ == pytest.approx(np.log(expected[0]) if renormalize else 0.0)
 
 
 def test_round_trip_and_shapes(gaussian_flow):
