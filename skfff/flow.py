@@ -19,6 +19,7 @@ from ._conditioning import ConditionalMixin
 from ._normalization import TwoDensities, importance_integral
 from ._torch.fff import FreeFormFlowModule
 from ._torch.networks import ResidualMLP, make_network
+from ._torch.priors import StudentTLatent
 from .base import BaseTorchEstimator
 
 __all__ = ["FreeFormFlow"]
@@ -91,6 +92,13 @@ class FreeFormFlow(
         :meth:`sample` are unaffected (they follow the decoder). ``False`` keeps the
         network's density as it is and warns when it is off 1. On the density suite's
         2-D tasks at 500 rows the raw integrals were 1.00-1.49 (``benchmarks/README.rst``).
+    latent : {"normal", "student_t"}, default="normal"
+        The latent distribution. ``"normal"``: ``N(0, I)``, the paper's. ``"student_t"``:
+        independent Student-t distributions with degrees of freedom learnt per dimension
+        (starting at 30, at least 1; ``latent_df_``), for heavy-tailed data: residual
+        networks grow at most linearly far from the data, so a Gaussian latent gives the
+        density Gaussian tails whatever the data's, a Student-t latent polynomial ones.
+        ``transform`` and ``sample`` then use that latent space.
     log_prob_via : {"auto", "decoder", "encoder"}, default="auto"
         The exact density ``score_samples`` returns. ``"decoder"``: ``log N(f(x); 0, I) -
         log|det J_g(f(x))|``, the density of the samples ``g(z)`` (the paper's choice).
@@ -135,6 +143,9 @@ class FreeFormFlow(
         ``renormalize=True`` (when the check ran), else 0.
     log_prob_via_ : {"decoder", "encoder"}
         The density ``score_samples`` uses when ``log_prob_via="auto"``.
+    latent_df_ : ndarray of shape (n_features,) or None
+        The learnt degrees of freedom of the Student-t latent (``latent="student_t"``), None
+        for the normal latent.
     n_iter_ : int
         Epochs run.
     n_features_in_ : int
@@ -216,6 +227,7 @@ class FreeFormFlow(
         "off_data_weight": [Interval(numbers.Real, 0, None, closed="left")],
         "check_normalization": ["boolean", StrOptions({"auto"})],
         "renormalize": ["boolean"],
+        "latent": [StrOptions({"normal", "student_t"})],
         "log_prob_via": [StrOptions({"auto", "decoder", "encoder"})],
         "encoder": [torch.nn.Module, callable, None],
         "decoder": [torch.nn.Module, callable, None],
@@ -232,6 +244,7 @@ class FreeFormFlow(
         off_data_weight: float = 0.1,
         check_normalization: bool | str = "auto",
         renormalize: bool = True,
+        latent: str = "normal",
         log_prob_via: str = "auto",
         encoder: Any = None,
         decoder: Any = None,
@@ -266,6 +279,7 @@ class FreeFormFlow(
         self.off_data_weight = off_data_weight
         self.check_normalization = check_normalization
         self.renormalize = renormalize
+        self.latent = latent
         self.log_prob_via = log_prob_via
         self.encoder = encoder
         self.decoder = decoder
@@ -290,9 +304,12 @@ class FreeFormFlow(
             make_network(self.encoder, d, d, k, default=default),
             make_network(self.decoder, d, d, k, default=default),
             self.beta, self.n_hutchinson, off_data_weight=self.off_data_weight,
+            latent=StudentTLatent(d) if self.latent == "student_t" else None,
         )
 
     def _after_fit(self, X: np.ndarray, C: np.ndarray | None, y: Any) -> None:
+        latent = self.module_.latent
+        self.latent_df_ = None if latent is None else latent.df.detach().cpu().numpy()
         self.normalization_ = None
         self.log_normalizer_ = 0.0
         self.log_prob_via_ = "encoder" if self.log_prob_via == "encoder" else "decoder"
@@ -358,7 +375,7 @@ class FreeFormFlow(
             log_p - np.log(self.scale_).sum() - self.log_normalizer_)
 
     def transform(self, X: Any, y: Any = None) -> np.ndarray:
-        """Encode ``X`` into the standard normal latent space.
+        """Encode ``X`` into the latent space (standard normal, or Student-t: ``latent``).
 
         %(parameters_X_y)s
 
@@ -396,7 +413,7 @@ class FreeFormFlow(
         *,
         bounds: tuple[Any, Any] | None = None,
     ) -> np.ndarray:
-        """Draw samples ``g(z)``, ``z ~ N(0, I)``, optionally restricted to a box.
+        """Draw samples ``g(z)``, ``z`` from the latent distribution, optionally in a box.
 
         Parameters
         ----------
@@ -422,7 +439,7 @@ class FreeFormFlow(
         C = self._conditions(y, n_samples)
         rng = check_random_state(random_state)
         if bounds is None:
-            return self._decode_normal(n_samples, C, rng)
+            return self._decode_latent(n_samples, C, rng)
         low, high = (np.broadcast_to(np.asarray(b, dtype=np.float64), (self.n_features_in_,))
                      for b in bounds)
         if np.any(low >= high):
@@ -435,7 +452,7 @@ class FreeFormFlow(
                     f"fewer than 0.1 % of {drawn} samples fell inside the bounds: the flow "
                     "puts almost no mass there. Check the bounds against the training data."
                 )
-            X = self._decode_normal(len(todo), None if C is None else C[todo], rng)
+            X = self._decode_latent(len(todo), None if C is None else C[todo], rng)
             drawn += len(todo)
             inside = np.all((X >= low) & (X <= high), axis=1)
             out[todo[inside]] = X[inside]
@@ -493,7 +510,7 @@ class FreeFormFlow(
         n_ref = min(2000, max(2, n_points // 10))
         reference = self._map_batches(
             self.module_.decode,
-            self._randn((n_ref, self.n_features_in_), rng),
+            self._draw_latent(n_ref, rng),
             self._conditions(y, n_ref),
         )
 
@@ -503,9 +520,16 @@ class FreeFormFlow(
 
         return importance_integral(log_density, reference, n_points, self._seed(rng))
 
-    def _decode_normal(self, n: int, C: np.ndarray | None, rng: np.random.RandomState
+    def _draw_latent(self, n: int, rng: np.random.RandomState) -> torch.Tensor:
+        """``n`` latent points from the latent distribution (NumPy draws, as ``_randn``)."""
+        if self.latent_df_ is None:
+            return self._randn((n, self.n_features_in_), rng)
+        z = rng.standard_t(self.latent_df_, size=(n, self.n_features_in_)).astype(np.float32)
+        return torch.from_numpy(z).to(self._torch_device())
+
+    def _decode_latent(self, n: int, C: np.ndarray | None, rng: np.random.RandomState
                        ) -> np.ndarray:
-        z = self._randn((n, self.n_features_in_), rng)
+        z = self._draw_latent(n, rng)
         return self._map_batches(self.module_.decode, z, C) * self.scale_ + self.mean_
 
     @property

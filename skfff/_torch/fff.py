@@ -34,6 +34,10 @@ class FreeFormFlowModule(EncoderDecoder):
         Hutchinson probes per sample.
     off_data_weight : float, default=0.0
         Weight, relative to ``beta``, of the reconstruction of ``x + N(0, I)``.
+    latent : torch.nn.Module or None, default=None
+        The latent distribution: a module with ``log_prob(z)`` summed over the last axis
+        (e.g. :class:`~skfff._torch.priors.StudentTLatent`); None is the standard normal
+        ``N(0, I)`` of the formulas above.
     """
 
     def __init__(
@@ -43,14 +47,22 @@ class FreeFormFlowModule(EncoderDecoder):
         beta: float,
         n_hutchinson: int,
         off_data_weight: float = 0.0,
+        latent: nn.Module | None = None,
     ):
         super().__init__(encoder, decoder, beta, n_hutchinson)
         self.off_data_weight = float(off_data_weight)
+        self.latent = latent
+
+    def latent_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """``log p_Z(z)``: the standard normal's, or the ``latent`` module's."""
+        if self.latent is None:
+            return standard_normal_log_prob(z)
+        return self.latent.log_prob(z)
 
     def training_loss(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         out = volume_change_surrogate(self.encoder, self.decoder, x, c, n_probes=self.n_hutchinson)
         reconstruction = (x - out.x_hat).pow(2).sum(-1)
-        nll_surrogate = -standard_normal_log_prob(out.z) - out.surrogate
+        nll_surrogate = -self.latent_log_prob(out.z) - out.surrogate
         loss = (self.beta * reconstruction + nll_surrogate).mean()
         if self.off_data_weight > 0:
             # Keep g close to f^-1 around the data too (points x + N(0, I)), where nothing
@@ -68,9 +80,9 @@ class FreeFormFlowModule(EncoderDecoder):
         ``f`` is one-to-one, whatever ``g``)."""
         z = self.encoder(x, c)
         if via == "decoder":
-            return standard_normal_log_prob(z) - log_abs_det_jacobian(self.decoder, z, c)
+            return self.latent_log_prob(z) - log_abs_det_jacobian(self.decoder, z, c)
         if via == "encoder":
-            return standard_normal_log_prob(z) + log_abs_det_jacobian(self.encoder, x, c)
+            return self.latent_log_prob(z) + log_abs_det_jacobian(self.encoder, x, c)
         raise ValueError(f"via must be 'decoder' or 'encoder', got {via!r}.")
 
     def validation_loss(
