@@ -67,8 +67,11 @@ def _default_density() -> BaseEstimator:
     # that the user could only act on through density=, are skipped. The flow trains for
     # 300 epochs (patience 50), FreeFormFlow's budget before max_epochs="auto": its longer
     # fits on small data gain likelihood but would triple the distance's fit time, and the
-    # clustering figures in benchmarks/README.rst were measured with this budget.
-    return FreeFormFlow(check_normalization=False, max_epochs=300, patience=50)
+    # clustering figures in benchmarks/README.rst were measured with this budget, and with
+    # the normal latent (latent="auto" takes a Student-t one from 3 features up: heavier
+    # tails, which a distance built on p^(-beta) between data points does not need).
+    return FreeFormFlow(check_normalization=False, max_epochs=300, patience=50,
+                        latent="normal")
 
 
 class FermatDistance(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -87,8 +90,8 @@ class FermatDistance(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
     density : estimator with ``score_samples``, default=None
         Density model; ``score_samples(X)`` must return ``log p(X)`` (``-inf`` allowed where
         ``p = 0``). ``None`` uses :class:`~skfff.FreeFormFlow` (``max_epochs=300,
-        patience=50``, without its normalisation check). It is cloned and fitted on
-        ``X`` unless ``prefit=True``.
+        patience=50, latent="normal"``, without its normalisation check). It is cloned and
+        fitted on ``X`` unless ``prefit=True``.
     score_function : {"auto", "surrogate", "dsm", "finite_difference"} or callable, \
             default="auto"
         What guides the relaxation. ``"surrogate"`` (what ``"auto"`` picks) distils the

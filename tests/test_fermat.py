@@ -582,6 +582,8 @@ def test_default_density_is_freeformflow():
     assert isinstance(default, FreeFormFlow)
     # a distance does not depend on the density's total mass: no normalisation check
     assert default.check_normalization is False
+    # the budget and latent the clustering figures were measured with
+    assert (default.max_epochs, default.patience, default.latent) == (300, 50, "normal")
 
 
 # ---------------------------------------------------------------- errors

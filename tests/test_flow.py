@@ -504,3 +504,24 @@ def test_student_t_latent_learns_heavier_tails_on_heavy_tailed_data():
     assert np.isfinite(flow.score_samples(X)).all()
     with pytest.raises(ValueError, match="latent"):
         FreeFormFlow(latent="cauchy").fit(X)
+
+
+def test_auto_latent_is_student_t_from_three_features():
+    """``latent="auto"`` resolves from the number of features, and says what it chose."""
+    X = np.random.default_rng(0).normal(size=(100, 3))
+    flat = FreeFormFlow(**FAST, random_state=0).fit(X[:, :2])
+    assert flat.latent_ == "normal" and flat.latent_df_ is None
+    deep = FreeFormFlow(**FAST, random_state=0).fit(X)
+    assert deep.latent_ == "student_t" and deep.latent_df_.shape == (3,)
+    forced = FreeFormFlow(**FAST, latent="normal", random_state=0).fit(X)
+    assert forced.latent_ == "normal"
+
+
+def test_auto_latent_is_normal_for_conditional_flows():
+    X = np.random.default_rng(0).normal(size=(100, 4))
+    cond = FreeFormFlow(**FAST, conditional=True, random_state=0).fit(X[:, :3], X[:, 3])
+    assert cond.latent_ == "normal"
+    forced = FreeFormFlow(**FAST, conditional=True, latent="student_t",
+                          random_state=0).fit(X[:, :3], X[:, 3])
+    assert forced.latent_ == "student_t"
+    assert forced.sample(5, y=0.0, random_state=0).shape == (5, 3)
