@@ -18,6 +18,7 @@ benchmark (``benchmarks/density_suite.py``) uses the same estimator.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -82,6 +83,14 @@ class TwoDensities:
 
     #: Points of the integral in the end-of-fit check.
     _check_points: int = FIT_CHECK_POINTS
+    #: The texts of :meth:`_warn_about` that differ between the flows: the space the
+    #: density is integrated over (with a leading space, or empty), what follows "uncertain
+    #: by about as much" for an imprecise estimate, why each density is not normalised, and
+    #: the advice for it.
+    _integral_over: str = ""
+    _imprecise_hint: str = ""
+    _not_normalised_causes: dict[str, str] = {}
+    _not_normalised_advice: str = ""
 
     def _via(self) -> str:
         """The density in use: ``log_prob_via``, or what ``"auto"`` chose in ``fit``."""
@@ -131,6 +140,28 @@ class TwoDensities:
         if self.log_prob_via == "auto":
             self._take_the_better_normalised(encoder)
         return self._renormalize()
+
+    def _warn_about(self, problem: str | None) -> None:
+        """Warn (from ``_after_fit``) that the density was divided by an imprecise
+        integral, or is not normalised (``problem``, from :meth:`_measure_normalization`)."""
+        if problem is None:
+            return
+        estimate, stderr = self.normalization_
+        where = (f"(importance sampling with {self._check_points} points; "
+                 f"log_prob_via_={self.log_prob_via_!r})")
+        head = (f"The density learnt by {type(self).__name__} integrates to {estimate:.3g} "
+                f"+- {stderr:.2g}{self._integral_over}")
+        if problem == "imprecise":
+            message = (f"{head} {where}; score_samples divides it by that estimate, whose "
+                       "standard error is more than 1.5 % of it, so the log-densities are "
+                       f"uncertain by about as much{self._imprecise_hint}")
+        else:
+            message = (f"{head} instead of 1 {where}, so score_samples is not a normalised "
+                       f"log-density: {self._not_normalised_causes[self.log_prob_via_]}. "
+                       f"{self._not_normalised_advice}; check with normalization_constant(). "
+                       "Pass check_normalization=False to skip this check.")
+        # warn -> _warn_about -> _after_fit -> fit -> sklearn's fit wrapper -> the caller
+        warnings.warn(message, UserWarning, stacklevel=5)
 
     def _renormalize(self) -> str | None:
         """Set ``log_normalizer_`` from ``normalization_`` and say what the caller should

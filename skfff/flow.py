@@ -212,6 +212,16 @@ class FreeFormFlow(
     (4, 2)
     """
 
+    _imprecise_hint = (": the density has narrow spikes or mass far from its samples. Train "
+                       "longer (max_epochs, patience) or raise beta; check with "
+                       "normalization_constant(n_points=...).")
+    _not_normalised_causes = {
+        "decoder": "the decoder does not invert the encoder everywhere the density has mass",
+        "encoder": "the encoder is not one-to-one where the density has mass",
+    }
+    _not_normalised_advice = (
+        "Pass renormalize=True, train longer (max_epochs, patience) or raise beta")
+
     _architecture_params = ("hidden_features", "n_blocks", "encoder", "decoder", "conditional")
 
     _training_parameter_docs: dict[str, tuple[str, str]] = {
@@ -345,40 +355,13 @@ class FreeFormFlow(
                 problem = self._measure_normalization()
         except FloatingPointError as err:
             self.normalization_ = (float("nan"), float("nan"))
-            self.log_normalizer_ = 0.0
             warnings.warn(
                 f"The normalisation check of {type(self).__name__} could not run: {err}",
                 UserWarning,
                 stacklevel=4,
             )
             return
-        if problem is None:
-            return
-        estimate, stderr = self.normalization_
-        where = (f"(importance sampling with {self._check_points} points; "
-                 f"log_prob_via_={self.log_prob_via_!r})")
-        if problem == "imprecise":
-            message = (
-                f"The density learnt by {type(self).__name__} integrates to {estimate:.3g} "
-                f"+- {stderr:.2g} {where}; score_samples divides it by that estimate, whose "
-                "standard error is more than 1.5 % of it, so the log-densities are uncertain "
-                "by about as much: the density has narrow spikes or mass far from its "
-                "samples. Train longer (max_epochs, patience) or raise beta; check with "
-                "normalization_constant(n_points=...)."
-            )
-        else:
-            message = (
-                f"The density learnt by {type(self).__name__} integrates to {estimate:.3g} "
-                f"+- {stderr:.2g} instead of 1 {where}, so score_samples is not a normalised "
-                "log-density: "
-                + ("the decoder does not invert the encoder everywhere the density has mass"
-                   if self.log_prob_via_ == "decoder" else
-                   "the encoder is not one-to-one where the density has mass")
-                + ". Pass renormalize=True, train longer (max_epochs, patience) or raise "
-                "beta; check with normalization_constant(). "
-                "Pass check_normalization=False to skip this check."
-            )
-        warnings.warn(message, UserWarning, stacklevel=4)
+        self._warn_about(problem)
 
     # -------------------------------------------------------------- sklearn
     def score_samples(self, X: Any, y: Any = None) -> np.ndarray:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
 from typing import Any
 
 import numpy as np
@@ -358,6 +357,17 @@ class ManifoldFreeFormFlow(
     #: so it needs a smaller error than a check alone (2-3 seconds on S^2 on one CPU core).
     _check_points = 50_000
 
+    _integral_over = " over the manifold"
+    _imprecise_hint = (". Part of the density's mass is where the training rows are not (the "
+                       "proposal's kernels sit on them); check with "
+                       "normalization_constant(n_points=...).")
+    _not_normalised_causes = {
+        "decoder": "the decoder is not yet the inverse of the encoder on all of the manifold",
+        "encoder": "the encoder is not one-to-one on all of the manifold",
+    }
+    _not_normalised_advice = (
+        "Train longer (max_epochs), raise beta_scale or pass renormalize=True")
+
     _architecture_params = (
         "manifold", "hidden_features", "n_blocks", "prior", "n_prior_components", "encoder",
         "decoder", "conditional",
@@ -589,39 +599,6 @@ class ManifoldFreeFormFlow(
         # with renormalize the encoder density, which early stopping watched, unless its
         # integral cannot be estimated well
         self._warn_about(self._measure_normalization())
-
-    def _warn_about(self, problem: str | None) -> None:
-        """Warn that the density divided by an imprecise integral, or is not normalised."""
-        if problem is None:
-            return
-        estimate, stderr = self.normalization_
-        where = (f"(importance sampling with {self._check_points} points; "
-                 f"log_prob_via_={self.log_prob_via_!r})")
-        if problem == "imprecise":
-            warnings.warn(
-                f"The density learnt by {type(self).__name__} integrates to {estimate:.3g} "
-                f"+- {stderr:.2g} over the manifold {where}; score_samples divides it by "
-                "that estimate, whose standard error is more than 1.5 % of it, so the "
-                "log-densities are uncertain by about as much. Part of the density's mass is "
-                "where the training rows are not (the proposal's kernels sit on them); "
-                "check with normalization_constant(n_points=...).",
-                UserWarning,
-                stacklevel=5,
-            )
-        else:
-            warnings.warn(
-                f"The density learnt by {type(self).__name__} integrates to {estimate:.3g} "
-                f"+- {stderr:.2g} over the manifold instead of 1 {where}, so score_samples "
-                "is not a normalised log-density: "
-                + ("the decoder is not yet the inverse of the encoder on all of the manifold"
-                   if self.log_prob_via_ == "decoder" else
-                   "the encoder is not one-to-one on all of the manifold")
-                + ". Train longer (max_epochs), raise beta_scale or pass renormalize=True; "
-                "check with normalization_constant(). "
-                "Pass check_normalization=False to skip this check.",
-                UserWarning,
-                stacklevel=5,
-            )
 
     # -------------------------------------------------------------- sklearn
     def _embedded(self, X: Any, latent: bool = False) -> np.ndarray:
