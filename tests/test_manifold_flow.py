@@ -297,8 +297,8 @@ def test_bad_parameters_and_manifold_shapes():
     X, _ = make_vmf_mixture(50, random_state=0)
     with pytest.raises(ValueError, match="n_features = 3"):
         ManifoldFreeFormFlow("so3", max_epochs=1).fit(X)
-    with pytest.raises(ValueError, match="only available on the sphere"):
-        ManifoldFreeFormFlow("torus", prior="vmf_mixture", max_epochs=1).fit(X)
+    with pytest.raises(ValueError, match="circles, tori and S\\^2"):
+        ManifoldFreeFormFlow("so3", prior="mixture", max_epochs=1).fit(_so3_data(50, 0))
     with pytest.raises(ValueError, match="takes 4 coordinates"):
         ManifoldFreeFormFlow(Product(Sphere(2), Torus(1)), max_epochs=1).fit(X)
     with pytest.raises(ValueError, match="manifold"):
@@ -320,6 +320,39 @@ def test_product_manifold_and_vmf_prior_fit():
                                **FAST).fit(X)
     assert np.isfinite(vmf.score_samples(X[:5])).all()
     np.testing.assert_allclose(np.linalg.norm(vmf.sample(50, random_state=0), axis=1), 1.0)
+
+
+def test_default_prior_is_the_em_mixture_the_flow_starts_from():
+    X, _ = make_vmf_mixture(600, n_components=3, concentration=40.0, random_state=0)
+    # one epoch at a negligible learning rate: the networks stay at the identity, so the
+    # density is the mixture fitted by EM (renormalize divides by an integral of ~1)
+    flow = ManifoldFreeFormFlow(max_epochs=1, lr=1e-12, **FAST).fit(X)
+    assert flow.prior_ == "mixture"
+    assert flow.n_prior_components_ == flow.module_.prior.n_components
+    assert flow.n_prior_components_ in flow.prior_selection_
+    assert flow.n_prior_components_ == max(flow.prior_selection_,
+                                           key=flow.prior_selection_.get)
+    with torch.no_grad():
+        mixture = flow.module_.prior.log_prob(torch.tensor(X[:50], dtype=torch.float32))
+    np.testing.assert_allclose(flow.score_samples(X[:50]), mixture.numpy(), atol=0.03)
+    # far better than uniform from the start
+    assert -flow.score(X) < math.log(4 * math.pi) - 1.5
+    # a given count is used as is; a warm refit keeps the fitted mixture's shape
+    fixed = ManifoldFreeFormFlow(n_prior_components=5, max_epochs=1, warm_start=True,
+                                 **FAST).fit(X)
+    assert fixed.n_prior_components_ == 5 and fixed.prior_selection_ == {}
+    fixed.fit(X[:300])
+    assert fixed.n_prior_components_ == 5 and fixed.n_iter_ == 2
+
+
+def test_auto_prior_falls_back_to_uniform():
+    so3 = ManifoldFreeFormFlow("so3", max_epochs=1, **FAST).fit(_so3_data(100, 0))
+    assert so3.prior_ == "uniform" and so3.n_prior_components_ is None
+    X, y = make_vmf_mixture(200, n_components=2, random_state=0)
+    conditional = ManifoldFreeFormFlow(conditional=True, max_epochs=1, **FAST).fit(X, y)
+    assert conditional.prior_ == "uniform"
+    uniform = ManifoldFreeFormFlow(prior="uniform", max_epochs=1, **FAST).fit(X)
+    assert uniform.prior_ == "uniform"
 
 
 def test_conditional_on_labels():

@@ -15,7 +15,6 @@ from skfff.manifolds import (
     Sphere,
     Torus,
     UniformDistribution,
-    VonMisesFisherMixture,
     latlon_to_unit,
     quaternion_to_matrix,
     unit_to_latlon,
@@ -190,23 +189,6 @@ def test_uniform_distribution():
     z = d.sample(7, _gen())
     assert z.shape == (7, 4)
     assert torch.allclose(d.log_prob(z), torch.full((7,), -2 * math.log(2 * math.pi)))
-
-
-def test_vmf_mixture_prior_normalised_and_sampled():
-    prior = VonMisesFisherMixture(n_components=3, concentration=5.0, generator=_gen())
-    u = Sphere(2).random_uniform(200_000, _gen(1))
-    with torch.no_grad():
-        mc = torch.exp(prior.log_prob(u)).mean().item() * 4 * math.pi
-    assert abs(mc - 1.0) < 0.02
-    # one component: mean resultant length coth(k) - 1/k
-    single = VonMisesFisherMixture(n_components=1, concentration=4.0, generator=_gen())
-    s = single.sample(100_000, _gen(2))
-    assert torch.allclose(s.norm(dim=-1), torch.ones(len(s)), atol=1e-5)
-    rbar = (s.mean(0) @ single.means[0]).item()
-    assert abs(rbar - (1 / math.tanh(4.0) - 0.25)) < 0.01
-    # large concentration: log-density stays finite
-    single.log_kappa.data.fill_(math.log(500.0))
-    assert torch.isfinite(single.log_prob(s[:10])).all()
 
 
 def test_vmf_mixture_data_density():

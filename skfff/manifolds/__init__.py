@@ -4,11 +4,13 @@ Each manifold knows its projection from the embedding space, its tangent spaces,
 its uniform distribution and total volume, and how user coordinates map to the
 embedding. Everything is batched torch. :class:`KernelProposal` draws points for
 importance-sampling estimates of integrals over a manifold (kernels on reference points,
-mixed with the uniform distribution).
+mixed with the uniform distribution); :class:`KernelMixture` is a learnable mixture of von
+Mises-Fisher kernels, fitted by EM with :func:`fit_kernel_mixture` (the flows' latent).
 """
 
 from .base import Manifold
-from .distributions import UniformDistribution, VonMisesFisherMixture
+from .distributions import UniformDistribution
+from .mixture import KernelMixture, fit_kernel_mixture
 from .product import Product
 from .proposal import Draw, KernelProposal
 from .so3 import SpecialOrthogonal, quaternion_to_matrix
@@ -17,6 +19,7 @@ from .torus import Torus
 
 __all__ = [
     "Draw",
+    "KernelMixture",
     "KernelProposal",
     "Manifold",
     "Product",
@@ -24,7 +27,7 @@ __all__ = [
     "Sphere",
     "Torus",
     "UniformDistribution",
-    "VonMisesFisherMixture",
+    "fit_kernel_mixture",
     "latlon_to_unit",
     "quaternion_to_matrix",
     "unit_to_latlon",

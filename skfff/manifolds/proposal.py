@@ -29,12 +29,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
-from scipy.special import i0e, logsumexp
+from scipy.special import logsumexp
 from scipy.stats import chi
 from sklearn.neighbors import NearestNeighbors
 
 from .base import Manifold
-from .distributions import sample_vmf_s2, vmf_log_normalizer_s2
+from .distributions import sample_vmf_s2
+from .mixture import vmf_log_normaliser
 from .product import Product
 from .so3 import SpecialOrthogonal, log_isotropic_gaussian
 from .sphere import Sphere
@@ -178,9 +179,9 @@ class KernelProposal:
     def _log_normaliser(factor: Manifold, kappa: float) -> float:
         """Log normaliser of the kernel ``exp(kappa <u, c>)`` on ``factor``."""
         if _kind(factor) == "vmf":
-            return float(vmf_log_normalizer_s2(torch.tensor(kappa, dtype=torch.float64)))
-        n_angles = factor.ambient_dim // 2  # von Mises: 1 / (2 pi I0(kappa)) per angle
-        return -n_angles * (math.log(2.0 * math.pi) + kappa + math.log(i0e(kappa)))
+            return float(vmf_log_normaliser(np.float64(kappa), 3))
+        # von Mises on every angle
+        return factor.ambient_dim // 2 * float(vmf_log_normaliser(np.float64(kappa), 2))
 
     def _dots(self, U: np.ndarray) -> list[tuple[Manifold, np.ndarray]]:
         """Each factor with the dot products of its embeddings of ``U`` and of the centres,
