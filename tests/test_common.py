@@ -151,6 +151,12 @@ EXPECTED_FAILED_CHECKS: dict[str, dict[str, str]] = {
             "casts random data to integers, which makes all-zero rows: the origin has no "
             "projection onto the sphere, so fit rightly raises a ValueError"
         ),
+        "check_methods_subset_invariance": (
+            "float32 networks: the encoder's output rounds differently (~1 ulp) for a subset "
+            "than for the full batch, and the fitted mixture latent's concentrations amplify "
+            "that to ~1e-7-1e-6 in the log-density; the check demands 1e-7. Tested to 1e-5 "
+            "in test_manifold_flow.py::test_default_prior_is_the_em_mixture_the_flow_starts_from"
+        ),
     },
     "MLAutoencoder": {
         "check_methods_subset_invariance": (

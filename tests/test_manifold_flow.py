@@ -337,6 +337,9 @@ def test_default_prior_is_the_em_mixture_the_flow_starts_from():
     np.testing.assert_allclose(flow.score_samples(X[:50]), mixture.numpy(), atol=0.03)
     # far better than uniform from the start
     assert -flow.score(X) < math.log(4 * math.pi) - 1.5
+    # a row's log-density does not depend on the rows it is scored with (up to float32)
+    np.testing.assert_allclose(flow.score_samples(X[7:19]), flow.score_samples(X)[7:19],
+                               rtol=0, atol=1e-5)
     # a given count is used as is; a warm refit keeps the fitted mixture's shape
     fixed = ManifoldFreeFormFlow(n_prior_components=5, max_epochs=1, warm_start=True,
                                  **FAST).fit(X)

@@ -132,14 +132,19 @@ class KernelMixture(nn.Module):
                 .clamp_min(1e-12) for sl in self.slices]
 
     def component_log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """``log w_k + log p_k(z)`` for every component, shape ``(batch, n_components)``."""
-        kappa = self.log_kappa.exp()
-        out = torch.log_softmax(self.logits, 0).to(z.dtype).expand(z.shape[0], -1)
+        """``log w_k + log p_k(z)`` for every component, shape ``(batch, n_components)``.
+
+        Computed in float64 (cheap: at most a few hundred components), so that a row's value
+        does not depend on the batch it comes in (float32 matrix products do), and
+        returned in ``z``'s dtype."""
+        zd = z.double()
+        kappa = self.log_kappa.double().exp()
+        out = torch.log_softmax(self.logits.double(), 0).expand(z.shape[0], -1)
         for b, (d, sl, mu) in enumerate(zip(self.blocks, self.slices, self._unit_means(),
                                             strict=True)):
-            k = kappa[:, b].to(z.dtype)
-            out = out + k * (z[:, sl] @ mu.to(z.dtype).T) + vmf_log_normaliser(k, d)
-        return out
+            k = kappa[:, b]
+            out = out + k * (zd[:, sl] @ mu.double().T) + vmf_log_normaliser(k, d)
+        return out.to(z.dtype)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """Log-density of points ``(batch, m)`` w.r.t. the manifold's volume, ``(batch,)``."""
@@ -194,7 +199,7 @@ def _component_log_prob(X, means, kappas, weights, blocks, slices) -> np.ndarray
     return out
 
 
-def _em(X, blocks, slices, n_components, rng, max_kappa, max_iter=300, tol=1e-6):
+def _em(X, blocks, slices, n_components, rng, max_kappa, max_iter=100, tol=1e-4):
     """One EM run from a k-means++ start; returns (means, kappas, weights)."""
     n = len(X)
     first = int(rng.integers(n))
