@@ -197,15 +197,15 @@ class ManifoldFreeFormFlow(
     n_hutchinson : int, default=1
         Tangent-space Hutchinson probes per sample.
     prior : {"auto", "mixture", "uniform", "vmf_mixture"}, default="auto"
-        Latent distribution. ``"mixture"``: a learnable mixture of von Mises-Fisher
-        kernels (:class:`~skfff.manifolds.KernelMixture`: von Mises on each angle of a
-        circle or torus, von Mises-Fisher on ``S^2``, products of those on product
-        manifolds), *fitted to the training rows by EM* before training
+        Latent distribution. ``"mixture"``: a learnable mixture of kernels
+        (:class:`~skfff.manifolds.KernelMixture`: von Mises on each angle of a circle or
+        torus, von Mises-Fisher on ``S^2``, blurred rotations on ``SO(3)``, products of
+        those on product manifolds), *fitted to the training rows by EM* before training
         (:func:`~skfff.manifolds.fit_kernel_mixture`). The networks start at the identity,
         so the flow starts from that mixture's density and training refines it.
         ``"uniform"``: the uniform distribution. ``"auto"``: ``"mixture"`` where the
         manifold has such kernels and the flow is unconditional, else ``"uniform"``
-        (``SO(3)``, spheres ``S^n`` with ``n >= 3``, conditional flows).
+        (spheres ``S^n`` with ``n >= 3``, conditional flows).
         ``"vmf_mixture"`` is the older name of ``"mixture"``. Chosen on the earth data of
         ``benchmarks/bench_manifold_flow.py`` (five splits each): with the fitted mixture
         the held-out NLL went from 0.46 to -0.75 (volcano), 0.75 to 0.21 (earthquake) and
@@ -606,8 +606,9 @@ class ManifoldFreeFormFlow(
             return UniformDistribution(self.manifold_)
         if not supported:
             raise ValueError(
-                f"prior={self.prior!r} needs a manifold made of circles, tori and S^2 "
-                f"(von Mises-Fisher kernels), not {self.manifold_!r}; use prior='uniform'."
+                f"prior={self.prior!r} needs a manifold made of circles, tori, S^2 and SO(3) "
+                f"(the kernels of skfff.manifolds.KernelMixture), not {self.manifold_!r}; use "
+                "prior='uniform'."
             )
         if self._warm() and hasattr(self.net_.module_.prior, "selection"):
             prior = copy.deepcopy(self.net_.module_.prior)

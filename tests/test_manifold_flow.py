@@ -297,8 +297,8 @@ def test_bad_parameters_and_manifold_shapes():
     X, _ = make_vmf_mixture(50, random_state=0)
     with pytest.raises(ValueError, match="n_features = 3"):
         ManifoldFreeFormFlow("so3", max_epochs=1).fit(X)
-    with pytest.raises(ValueError, match="circles, tori and S\\^2"):
-        ManifoldFreeFormFlow("so3", prior="mixture", max_epochs=1).fit(_so3_data(50, 0))
+    with pytest.raises(ValueError, match="circles, tori, S\\^2 and SO\\(3\\)"):
+        ManifoldFreeFormFlow(Sphere(3), prior="mixture", max_epochs=1).fit(np.eye(4)[[0] * 50])
     with pytest.raises(ValueError, match="takes 4 coordinates"):
         ManifoldFreeFormFlow(Product(Sphere(2), Torus(1)), max_epochs=1).fit(X)
     with pytest.raises(ValueError, match="manifold"):
@@ -349,8 +349,11 @@ def test_default_prior_is_the_em_mixture_the_flow_starts_from():
 
 
 def test_auto_prior_falls_back_to_uniform():
+    s3 = ManifoldFreeFormFlow(Sphere(3), max_epochs=1, **FAST).fit(
+        Sphere(3).random_uniform(100, _gen(0), dtype=torch.float64).numpy())
+    assert s3.prior_ == "uniform" and s3.n_prior_components_ is None
     so3 = ManifoldFreeFormFlow("so3", max_epochs=1, **FAST).fit(_so3_data(100, 0))
-    assert so3.prior_ == "uniform" and so3.n_prior_components_ is None
+    assert so3.prior_ == "mixture"
     X, y = make_vmf_mixture(200, n_components=2, random_state=0)
     conditional = ManifoldFreeFormFlow(conditional=True, max_epochs=1, **FAST).fit(X, y)
     assert conditional.prior_ == "uniform"

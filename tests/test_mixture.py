@@ -27,14 +27,15 @@ def _angles(mixture: KernelMixture, z: torch.Tensor) -> np.ndarray:
 
 
 def test_blocks_of_each_manifold():
-    assert kernel_blocks(Sphere(1)) == [2]
-    assert kernel_blocks(Sphere(2)) == [3]
-    assert kernel_blocks(Torus(3)) == [2, 2, 2]
-    assert kernel_blocks(Product(Sphere(2), Torus(2))) == [3, 2, 2]
-    assert kernel_blocks(SpecialOrthogonal()) is None
+    assert kernel_blocks(Sphere(1)) == ["von_mises"]
+    assert kernel_blocks(Sphere(2)) == ["vmf"]
+    assert kernel_blocks(Torus(3)) == ["von_mises"] * 3
+    assert kernel_blocks(Product(Sphere(2), Torus(2), SpecialOrthogonal())) == [
+        "vmf", "von_mises", "von_mises", "so3"]
     assert kernel_blocks(Sphere(3)) is None
-    with pytest.raises(ValueError, match="only S\\^1, S\\^2, tori"):
-        fit_kernel_mixture(SpecialOrthogonal(), np.eye(3).reshape(1, 9).repeat(20, 0))
+    assert kernel_blocks(Product(Torus(1), Sphere(3))) is None
+    with pytest.raises(ValueError, match="only S\\^1, S\\^2, tori, SO\\(3\\)"):
+        fit_kernel_mixture(Sphere(3), np.eye(4)[:1].repeat(20, 0))
 
 
 def test_normaliser_matches_scipy_and_torch():
@@ -55,7 +56,7 @@ def test_normaliser_matches_scipy_and_torch():
 def test_circle_density_is_scipy_von_mises_mixture():
     means = np.array([[1.0, 0.0], [0.0, 2.0]])  # angles 0 and pi/2 (norm ignored)
     kappas = np.array([[3.0], [20.0]])
-    mix = KernelMixture([2], means, kappas, [0.3, 0.7])
+    mix = KernelMixture(["von_mises"], means, kappas, [0.3, 0.7])
     theta = np.linspace(-np.pi, np.pi, 7)
     z = torch.tensor(np.stack([np.cos(theta), np.sin(theta)], 1), dtype=torch.float32)
     expected = np.logaddexp(np.log(0.3) + stats.vonmises.logpdf(theta, 3.0, loc=0.0),
@@ -64,13 +65,13 @@ def test_circle_density_is_scipy_von_mises_mixture():
                                atol=1e-5)
 
 
-@pytest.mark.parametrize("manifold", [Sphere(1), Torus(2), Sphere(2),
+@pytest.mark.parametrize("manifold", [Sphere(1), Torus(2), Sphere(2), SpecialOrthogonal(),
                                       Product(Sphere(2), Torus(1))], ids=repr)
 def test_density_integrates_to_one(manifold):
     blocks = kernel_blocks(manifold)
     rng = np.random.default_rng(0)
     K = 3
-    means = rng.normal(size=(K, sum(blocks)))
+    means = rng.normal(size=(K, manifold.ambient_dim))
     kappas = rng.uniform(0.5, 8.0, size=(K, len(blocks)))
     mix = KernelMixture(blocks, means, kappas, rng.dirichlet(np.ones(K)))
     u = manifold.random_uniform(400_000, torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -83,7 +84,7 @@ def test_density_integrates_to_one(manifold):
 
 def test_samples_follow_the_density():
     # a von Mises mixture on the circle: sample histogram against the density
-    mix = KernelMixture([2], [[1.0, 0.0], [-1.0, 0.0]], [[4.0], [1.0]], [0.6, 0.4])
+    mix = KernelMixture(["von_mises"], [[1.0, 0.0], [-1.0, 0.0]], [[4.0], [1.0]], [0.6, 0.4])
     z = mix.sample(200_000, torch.Generator().manual_seed(0), dtype=torch.float64)
     np.testing.assert_allclose(z.norm(dim=1).numpy(), 1.0, atol=1e-12)
     counts, edges = np.histogram(_angles(mix, z), bins=36, range=(-np.pi, np.pi))
@@ -93,13 +94,36 @@ def test_samples_follow_the_density():
     expected = dens * (edges[1] - edges[0]) * len(z)
     assert np.max(np.abs(counts - expected) / np.sqrt(expected)) < 5
     # S^2 with one component: mean resultant length coth(kappa) - 1 / kappa
-    single = KernelMixture([3], [[0.0, 0.0, 1.0]], [[4.0]], [1.0])
+    single = KernelMixture(["vmf"], [[0.0, 0.0, 1.0]], [[4.0]], [1.0])
     s = single.sample(100_000, torch.Generator().manual_seed(2))
     assert abs(s[:, 2].mean().item() - (1 / math.tanh(4.0) - 0.25)) < 0.01
     # reproducible from the generator
     first, again = (mix.sample(5, torch.Generator().manual_seed(7)) for _ in range(2))
     torch.testing.assert_close(first, again)
     assert not torch.equal(first, mix.sample(5, torch.Generator().manual_seed(8)))
+
+
+def test_rotation_mixture_samples_and_em():
+    # two blurred rotations (sigma 0.1 and 0.3 rad): samples have the kernel's angle spread,
+    # EM finds both centres and scales back from the samples
+    from scipy.spatial.transform import Rotation
+
+    centres = Rotation.from_rotvec([[0.0, 0.0, 0.0], [2.0, -1.0, 0.5]]).as_matrix().reshape(2, 9)
+    mix = KernelMixture(["so3"], centres, [[100.0], [1 / 0.09]], [0.5, 0.5])
+    R = mix.sample(20_000, torch.Generator().manual_seed(0), dtype=torch.float64).numpy()
+    np.testing.assert_allclose(R.reshape(-1, 3, 3) @ R.reshape(-1, 3, 3).transpose(0, 2, 1),
+                               np.broadcast_to(np.eye(3), (len(R), 3, 3)), atol=1e-10)
+    fitted = fit_kernel_mixture(SpecialOrthogonal(), R[:15_000], 2, random_state=0)
+    sigma = np.sort(fitted.log_kappa.exp().detach().numpy().ravel() ** -0.5)
+    np.testing.assert_allclose(sigma, [0.1, 0.3], rtol=0.05)
+    with torch.no_grad():
+        held = torch.tensor(R[15_000:])
+        gap = (mix.log_prob(held) - fitted.log_prob(held.float()).double()).mean().item()
+    assert abs(gap) < 0.02
+    # the gradient is finite at a centre itself (the angle is 0 there)
+    z = torch.tensor(centres[:1], dtype=torch.float64, requires_grad=True)
+    mix.log_prob(z).sum().backward()
+    assert torch.isfinite(z.grad).all()
 
 
 def test_em_recovers_a_von_mises_mixture_on_the_torus():

@@ -103,17 +103,17 @@ def test_unsupported_manifold_falls_back_to_uniform():
 def test_rotation_kernel_density_is_exact():
     # one centre, one bandwidth: the density of C Exp(omega a) against a histogram of the
     # sampled rotation angles (the Haar measure's angle density is (1 - cos omega) / pi)
-    from skfff.manifolds.proposal import _so3_around, _so3_log_kernel
+    from skfff.manifolds.so3 import log_rotation_kernel, sample_rotation_kernel
 
     sigma, rng = 0.4, np.random.default_rng(0)
     C = np.eye(3).reshape(1, 9)
-    R = _so3_around(np.repeat(C, 200_000, axis=0), sigma, rng)
+    R = sample_rotation_kernel(np.repeat(C, 200_000, axis=0), sigma, rng)
     omega = np.arccos(np.clip((R.reshape(-1, 9)[:, [0, 4, 8]].sum(1) - 1) / 2, -1, 1))
     edges = np.linspace(0.0, math.pi, 41)
     hist, _ = np.histogram(omega, edges, density=True)
     mid = 0.5 * (edges[1:] + edges[:-1])
     # angle density = kernel density (w.r.t. volume) x volume x Haar angle density
-    predicted = (np.exp(_so3_log_kernel(1 + 2 * np.cos(mid), sigma)) * 8 * math.pi**2
+    predicted = (np.exp(log_rotation_kernel(1 + 2 * np.cos(mid), sigma)) * 8 * math.pi**2
                  * (1 - np.cos(mid)) / math.pi)
     np.testing.assert_allclose(hist, predicted, atol=0.03 * predicted.max())
 

@@ -1,17 +1,20 @@
-"""Mixtures of von Mises-Fisher kernels on spheres, tori and their products, fitted by EM.
+"""Mixtures of kernels on spheres, tori, rotations and their products, fitted by EM.
 
-A point of ``S^1``, ``S^2``, a torus ``T^n`` or a product of those is, in the embedding, a
-concatenation of unit vectors ("blocks"): one 3-vector for ``S^2``, one 2-vector
-``(cos theta, sin theta)`` per angle of a torus or circle. On each block the von
-Mises-Fisher density ``C_d(kappa) exp(kappa <u, mu>)`` is the natural kernel (on a 2-vector
-block it is the von Mises density of the angle), and a mixture component is a product of
-one such kernel per block:
+A point of ``S^1``, ``S^2``, a torus ``T^n``, ``SO(3)`` or a product of those is, in the
+embedding, a concatenation of blocks: one unit 3-vector for ``S^2``, one unit 2-vector
+``(cos theta, sin theta)`` per angle of a torus or circle, one flattened rotation matrix for
+``SO(3)``. Each block has its kernel: the von Mises-Fisher density
+``C_d(kappa) exp(kappa <u, mu>)`` on unit vectors (``"vmf"``; on a 2-vector block it is the
+von Mises density of the angle, ``"von_mises"``) and, on ``SO(3)``, the blurred rotation
+``M exp(hat(w))`` with ``w ~ N(0, I_3 / kappa)`` truncated to ``|w| <= pi`` (``"so3"``,
+:func:`~skfff.manifolds.so3.log_rotation_kernel`). A mixture component is a product of one
+kernel per block:
 
-    p(u) = sum_k w_k prod_b C_d(kappa_kb) exp(kappa_kb <u_b, mu_kb>),
+    p(u) = sum_k w_k prod_b K_b(u_b; mu_kb, kappa_kb),
 
-w.r.t. the product of the blocks' volume measures (area on ``S^2``, arc length on a circle),
-which is the manifold's volume measure. :class:`KernelMixture` is that density as a
-learnable ``torch`` module (the latent distribution of
+w.r.t. the product of the blocks' volume measures (area on ``S^2``, arc length on a circle,
+the bi-invariant volume ``8 pi^2`` on ``SO(3)``), which is the manifold's volume measure.
+:class:`KernelMixture` is that density as a learnable ``torch`` module (the latent distribution of
 :class:`~skfff.ManifoldFreeFormFlow` with ``prior="mixture"``); :func:`fit_kernel_mixture`
 fits it to data by expectation-maximisation, with the number of components chosen on
 held-out rows when asked.
@@ -37,10 +40,17 @@ from torch import nn
 from .base import Manifold
 from .distributions import sample_vmf_s2
 from .product import Product
+from .so3 import SpecialOrthogonal, log_rotation_kernel, sample_rotation_kernel
 from .sphere import Sphere
 from .torus import Torus
 
-__all__ = ["KernelMixture", "fit_kernel_mixture", "kernel_blocks", "vmf_log_normaliser"]
+__all__ = [
+    "KernelMixture",
+    "fit_kernel_mixture",
+    "kernel_blocks",
+    "kernel_kind",
+    "vmf_log_normaliser",
+]
 
 #: Candidate numbers of components of ``n_components="auto"``.
 AUTO_COMPONENTS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -50,19 +60,34 @@ ROWS_PER_COMPONENT = 10
 HOLDOUT_FRACTION = 0.1
 
 
-def kernel_blocks(manifold: Manifold) -> list[int] | None:
-    """Sizes of the unit-vector blocks of ``manifold``'s embedding, or None where the
-    manifold has a factor without a von Mises-Fisher kernel here (``SO(3)``, spheres of
-    dimension 3 and up)."""
+#: Embedding size of each kind of block.
+BLOCK_SIZE = {"von_mises": 2, "vmf": 3, "so3": 9}
+#: Intrinsic dimension of each kind of block.
+BLOCK_DIM = {"von_mises": 1, "vmf": 2, "so3": 3}
+
+
+def kernel_kind(factor: Manifold) -> str | None:
+    """``"vmf"`` (``S^2``), ``"von_mises"`` (a torus or circle: angle pairs), ``"so3"``, or
+    None (spheres of dimension 3 and up, products: ask their factors)."""
+    if isinstance(factor, Torus) or (isinstance(factor, Sphere) and factor.ambient_dim == 2):
+        return "von_mises"
+    if isinstance(factor, Sphere) and factor.ambient_dim == 3:
+        return "vmf"
+    if isinstance(factor, SpecialOrthogonal):
+        return "so3"
+    return None
+
+
+def kernel_blocks(manifold: Manifold) -> list[str] | None:
+    """The kinds of the blocks of ``manifold``'s embedding, in order (one ``"von_mises"``
+    per angle of a torus), or None where a factor has no kernel here."""
     factors = manifold.factors if isinstance(manifold, Product) else (manifold,)
-    out: list[int] = []
+    out: list[str] = []
     for f in factors:
-        if isinstance(f, Torus):
-            out += [2] * f.dim
-        elif isinstance(f, Sphere) and f.ambient_dim in (2, 3):
-            out.append(f.ambient_dim)
-        else:
+        kind = kernel_kind(f)
+        if kind is None:
             return None
+        out += [kind] * (f.dim if isinstance(f, Torus) else 1)
     return out
 
 
@@ -84,36 +109,36 @@ def vmf_log_normaliser(kappa, d: int):
 
 
 class KernelMixture(nn.Module):
-    """A learnable mixture of products of von Mises-Fisher kernels (module docstring).
+    """A learnable mixture of products of kernels, one per block (module docstring).
 
     Parameters
     ----------
-    blocks : sequence of int
-        Sizes (2 or 3) of the unit-vector blocks of the embedding, in order
-        (:func:`kernel_blocks`).
-    means : array-like of shape (n_components, sum(blocks))
-        Mean directions (each block normalised on use).
+    blocks : sequence of {"von_mises", "vmf", "so3"}
+        The kinds of the blocks of the embedding, in order (:func:`kernel_blocks`).
+    means : array-like of shape (n_components, embedding dimension)
+        Centres: unit vectors (normalised on use) or flattened rotations (projected onto
+        ``SO(3)`` on use).
     kappas : array-like of shape (n_components, len(blocks))
-        Concentrations, one per component and block.
+        Concentrations, one per component and block (on ``SO(3)``, ``1 / sigma^2``).
     weights : array-like of shape (n_components,)
         Mixture weights (normalised on use).
 
     Notes
     -----
-    Parameters are the raw means, ``log kappa`` and the weights' logits, all learnt with the
-    flow. Sampling is not differentiated.
+    Parameters are the raw centres, ``log kappa`` and the weights' logits, all learnt with
+    the flow. Sampling is not differentiated.
     """
 
-    def __init__(self, blocks: Sequence[int], means, kappas, weights) -> None:
+    def __init__(self, blocks: Sequence[str], means, kappas, weights) -> None:
         super().__init__()
-        self.blocks = [int(b) for b in blocks]
-        if any(b not in (2, 3) for b in self.blocks):
-            raise ValueError(f"blocks must have sizes 2 or 3, got {self.blocks}")
+        self.blocks = list(blocks)
+        if any(b not in BLOCK_SIZE for b in self.blocks):
+            raise ValueError(f"blocks must be among {sorted(BLOCK_SIZE)}, got {self.blocks}")
         self.slices = []
         start = 0
         for b in self.blocks:
-            self.slices.append(slice(start, start + b))
-            start += b
+            self.slices.append(slice(start, start + BLOCK_SIZE[b]))
+            start += BLOCK_SIZE[b]
         means = torch.as_tensor(np.asarray(means), dtype=torch.float32)
         kappas = torch.as_tensor(np.asarray(kappas), dtype=torch.float32)
         weights = torch.as_tensor(np.asarray(weights), dtype=torch.float32)
@@ -127,9 +152,17 @@ class KernelMixture(nn.Module):
     def n_components(self) -> int:
         return int(self.logits.shape[0])
 
-    def _unit_means(self) -> list[torch.Tensor]:
-        return [self.raw_means[:, sl] / self.raw_means[:, sl].norm(dim=-1, keepdim=True)
-                .clamp_min(1e-12) for sl in self.slices]
+    def centres(self) -> list[torch.Tensor]:
+        """Each block's centres in float64, ``(n_components, block size)``: unit vectors,
+        or rotations (the nearest to the raw parameters)."""
+        out = []
+        for kind, sl in zip(self.blocks, self.slices, strict=True):
+            raw = self.raw_means[:, sl].double()
+            if kind == "so3":
+                out.append(SpecialOrthogonal().project(raw))
+            else:
+                out.append(raw / raw.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+        return out
 
     def component_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """``log w_k + log p_k(z)`` for every component, shape ``(batch, n_components)``.
@@ -140,10 +173,14 @@ class KernelMixture(nn.Module):
         zd = z.double()
         kappa = self.log_kappa.double().exp()
         out = torch.log_softmax(self.logits.double(), 0).expand(z.shape[0], -1)
-        for b, (d, sl, mu) in enumerate(zip(self.blocks, self.slices, self._unit_means(),
-                                            strict=True)):
-            k = kappa[:, b]
-            out = out + k * (zd[:, sl] @ mu.double().T) + vmf_log_normaliser(k, d)
+        for b, (kind, sl, mu) in enumerate(zip(self.blocks, self.slices, self.centres(),
+                                               strict=True)):
+            dots = zd[:, sl] @ mu.T  # <u, mu>; on SO(3) tr(M^T R)
+            if kind == "so3":
+                out = out + log_rotation_kernel(dots, kappa[:, b].rsqrt())
+            else:
+                out = out + kappa[:, b] * dots + vmf_log_normaliser(kappa[:, b],
+                                                                    BLOCK_SIZE[kind])
         return out.to(z.dtype)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
@@ -161,10 +198,13 @@ class KernelMixture(nn.Module):
             rng = np.random.default_rng(seed)
             kappa = self.log_kappa.detach().double().cpu().exp()[k]
             parts = []
-            for b, (d, mu) in enumerate(zip(self.blocks, self._unit_means(), strict=True)):
-                mu = mu.detach().double().cpu()[k]
-                if d == 3:
+            for b, (kind, mu) in enumerate(zip(self.blocks, self.centres(), strict=True)):
+                mu = mu.detach().cpu()[k]
+                if kind == "vmf":
                     parts.append(sample_vmf_s2(mu, kappa[:, b], gen))
+                elif kind == "so3":
+                    parts.append(torch.from_numpy(sample_rotation_kernel(
+                        mu.numpy(), kappa[:, b].rsqrt().numpy(), rng)))
                 else:
                     angle = rng.vonmises(np.arctan2(mu[:, 1].numpy(), mu[:, 0].numpy()),
                                          kappa[:, b].numpy())
@@ -175,16 +215,37 @@ class KernelMixture(nn.Module):
 
 
 # ----------------------------------------------------------------------------- EM
-def _m_step(X: np.ndarray, resp: np.ndarray, blocks: Sequence[int], slices: list[slice],
+def _nearest_rotations(S: np.ndarray) -> np.ndarray:
+    """The rotation nearest (Frobenius) to each flattened 3x3 matrix of ``S`` ``(K, 9)``."""
+    u, _, vt = np.linalg.svd(S.reshape(-1, 3, 3))
+    flip = np.sign(np.linalg.det(u @ vt))
+    u[:, :, 2] *= flip[:, None]
+    return (u @ vt).reshape(-1, 9)
+
+
+def _m_step(X: np.ndarray, resp: np.ndarray, blocks: Sequence[str], slices: list[slice],
             max_kappa: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Weighted mean directions, concentrations (Banerjee et al.'s approximation
-    ``kappa = r (d - r^2) / (1 - r^2)`` to the inverse of the mean resultant length ``r``)
-    and weights from responsibilities ``(n, K)``."""
+    """Centres, concentrations and weights from responsibilities ``(n, K)``.
+
+    On unit vectors: the weighted mean direction and Banerjee et al.'s approximation
+    ``kappa = r (d - r^2) / (1 - r^2)`` to the inverse of the mean resultant length ``r``.
+    On ``SO(3)``: the rotation nearest the weighted mean matrix and ``1 / kappa =
+    sigma^2`` = the weighted mean squared angle from it over 3 (the truncation and the
+    volume factor neglected; both vanish for small ``sigma``)."""
     nk = resp.sum(0) + 1e-10
     means = np.empty((resp.shape[1], X.shape[1]))
     kappas = np.empty((resp.shape[1], len(blocks)))
-    for b, (d, sl) in enumerate(zip(blocks, slices, strict=True)):
+    for b, (kind, sl) in enumerate(zip(blocks, slices, strict=True)):
         s = resp.T @ X[:, sl]
+        if kind == "so3":
+            means[:, sl] = _nearest_rotations(s)
+            cos = np.clip((X[:, sl] @ means[:, sl].T - 1.0) / 2.0, -1.0, 1.0)
+            sigma2 = (resp * np.arccos(cos) ** 2).sum(0) / (3.0 * nk)
+            # chordal distances in R^9 are sqrt(2) times the angle: hence twice the cap
+            kappas[:, b] = np.clip(1.0 / np.maximum(sigma2, 1e-12), 1.0 / math.pi**2,
+                                   2.0 * max_kappa)
+            continue
+        d = BLOCK_SIZE[kind]
         norm = np.linalg.norm(s, axis=1)
         means[:, sl] = s / np.maximum(norm, 1e-12)[:, None]
         r = np.clip(norm / nk, 1e-9, 1 - 1e-12)
@@ -194,8 +255,12 @@ def _m_step(X: np.ndarray, resp: np.ndarray, blocks: Sequence[int], slices: list
 
 def _component_log_prob(X, means, kappas, weights, blocks, slices) -> np.ndarray:
     out = np.log(np.maximum(weights, 1e-300))[None, :].repeat(len(X), 0)
-    for b, (d, sl) in enumerate(zip(blocks, slices, strict=True)):
-        out += kappas[:, b] * (X[:, sl] @ means[:, sl].T) + vmf_log_normaliser(kappas[:, b], d)
+    for b, (kind, sl) in enumerate(zip(blocks, slices, strict=True)):
+        dots = X[:, sl] @ means[:, sl].T
+        if kind == "so3":
+            out += log_rotation_kernel(dots, 1.0 / np.sqrt(kappas[:, b]))
+        else:
+            out += kappas[:, b] * dots + vmf_log_normaliser(kappas[:, b], BLOCK_SIZE[kind])
     return out
 
 
@@ -234,12 +299,12 @@ def _nearest_blocked(X: np.ndarray, C: np.ndarray, block: int = 4096) -> np.ndar
                            for s in range(0, len(X), block)])
 
 
-def _max_kappa(X: np.ndarray, blocks: Sequence[int], n_neighbors: int = 10) -> float:
+def _max_kappa(X: np.ndarray, blocks: Sequence[str], n_neighbors: int = 10) -> float:
     """The largest concentration allowed: ``1 / s^2``, ``s`` the median distance from a row to
     its ``n_neighbors``-th nearest neighbour over the square root of the manifold's dimension
     (the narrow bandwidth of :class:`~skfff.manifolds.KernelProposal`), at least 1e-3 rad.
     Without a cap EM puts point masses on repeated rows (recurring events)."""
-    dim = sum(d - 1 for d in blocks)
+    dim = sum(BLOCK_DIM[kind] for kind in blocks)
     k = min(n_neighbors, len(X) - 1)
     if k < 1:
         return 1e6
@@ -259,7 +324,7 @@ def fit_kernel_mixture(
     Parameters
     ----------
     manifold : Manifold
-        ``S^1``, ``S^2``, a torus or a product of those (:func:`kernel_blocks`).
+        ``S^1``, ``S^2``, a torus, ``SO(3)`` or a product of those (:func:`kernel_blocks`).
     X : ndarray of shape (n_samples, manifold.ambient_dim)
         Points on the manifold.
     n_components : int or "auto", default="auto"
@@ -282,13 +347,13 @@ def fit_kernel_mixture(
     """
     blocks = kernel_blocks(manifold)
     if blocks is None:
-        raise ValueError(f"No kernel mixture on {manifold!r}: only S^1, S^2, tori and their "
-                         "products are supported.")
+        raise ValueError(f"No kernel mixture on {manifold!r}: only S^1, S^2, tori, SO(3) "
+                         "and their products are supported.")
     X = np.asarray(X, dtype=np.float64)
     slices, start = [], 0
-    for b in blocks:
-        slices.append(slice(start, start + b))
-        start += b
+    for kind in blocks:
+        slices.append(slice(start, start + BLOCK_SIZE[kind]))
+        start += BLOCK_SIZE[kind]
     max_kappa = _max_kappa(X, blocks)
     rng = np.random.default_rng(random_state)
     selection: dict[int, float] = {}

@@ -28,18 +28,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.spatial.transform import Rotation
 from scipy.special import logsumexp
-from scipy.stats import chi
 from sklearn.neighbors import NearestNeighbors
 
 from .base import Manifold
 from .distributions import sample_vmf_s2
-from .mixture import vmf_log_normaliser
+from .mixture import kernel_kind, vmf_log_normaliser
 from .product import Product
-from .so3 import SpecialOrthogonal, log_isotropic_gaussian
-from .sphere import Sphere
-from .torus import Torus
+from .so3 import log_rotation_kernel, sample_rotation_kernel
 
 __all__ = ["Draw", "KernelProposal"]
 
@@ -93,38 +89,6 @@ def _factors(manifold: Manifold) -> list[Manifold]:
     return list(manifold.factors) if isinstance(manifold, Product) else [manifold]
 
 
-def _kind(factor: Manifold) -> str | None:
-    """``"vmf"`` (S^2), ``"von_mises"`` (torus or circle: angle pairs), ``"so3"`` or None."""
-    if isinstance(factor, Torus) or (isinstance(factor, Sphere) and factor.ambient_dim == 2):
-        return "von_mises"
-    if isinstance(factor, Sphere) and factor.ambient_dim == 3:
-        return "vmf"
-    if isinstance(factor, SpecialOrthogonal):
-        return "so3"
-    return None
-
-
-def _so3_log_kernel(trace: np.ndarray, sigma: float) -> np.ndarray:
-    """Log-density (w.r.t. the volume ``8 pi^2``) of ``C exp(hat(w))``,
-    ``w ~ N(0, sigma^2 I_3)`` conditioned on ``|w| <= pi``, at a rotation ``R`` with
-    ``tr(C^T R) = trace``: :func:`~skfff.manifolds.so3.log_isotropic_gaussian` (exact once
-    the rotation vector is confined to one preimage) over the truncation's probability."""
-    angle = np.arccos(np.clip((trace - 1.0) / 2.0, -1.0, 1.0))
-    return log_isotropic_gaussian(angle, sigma) - math.log(chi(3).cdf(math.pi / sigma))
-
-
-def _so3_around(centres: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """One draw of ``C exp(hat(w))``, ``|w| <= pi``, around each flattened rotation ``C``."""
-    n = len(centres)
-    v = rng.standard_normal((n, 3)) * sigma
-    while True:  # redraw the rotation vectors beyond pi (truncation)
-        far = np.linalg.norm(v, axis=1) > math.pi
-        if not far.any():
-            break
-        v[far] = rng.standard_normal((int(far.sum()), 3)) * sigma
-    return (centres.reshape(n, 3, 3) @ Rotation.from_rotvec(v).as_matrix()).reshape(n, 9)
-
-
 class KernelProposal:
     """Importance-sampling proposal on a manifold, fitted to reference points.
 
@@ -159,7 +123,7 @@ class KernelProposal:
             centres = centres[keep]
         self.centres = centres
         factors = _factors(manifold)
-        self.has_kernels = len(centres) > 0 and all(_kind(f) is not None for f in factors)
+        self.has_kernels = len(centres) > 0 and all(kernel_kind(f) is not None for f in factors)
         self.bandwidth = math.pi
         if self.has_kernels and len(centres) > 1:
             k = min(n_neighbors, len(centres) - 1)
@@ -178,7 +142,7 @@ class KernelProposal:
     @staticmethod
     def _log_normaliser(factor: Manifold, kappa: float) -> float:
         """Log normaliser of the kernel ``exp(kappa <u, c>)`` on ``factor``."""
-        if _kind(factor) == "vmf":
+        if kernel_kind(factor) == "vmf":
             return float(vmf_log_normaliser(np.float64(kappa), 3))
         # von Mises on every angle
         return factor.ambient_dim // 2 * float(vmf_log_normaliser(np.float64(kappa), 2))
@@ -196,8 +160,8 @@ class KernelProposal:
         kappa = 1.0 / bandwidth**2
         logits = np.zeros_like(dots[0][1])
         for factor, dot in dots:
-            if _kind(factor) == "so3":
-                logits += _so3_log_kernel(dot, bandwidth)
+            if kernel_kind(factor) == "so3":
+                logits += log_rotation_kernel(dot, bandwidth)
             else:
                 logits += kappa * dot + self._log_normaliser(factor, kappa)
         return logsumexp(logits, axis=1) - math.log(len(self.centres))
@@ -255,9 +219,9 @@ class KernelProposal:
         kappa = 1.0 / bandwidth**2
         for factor, sl in self._slices():
             c = centres[:, sl]
-            if _kind(factor) == "so3":
-                out[:, sl] = _so3_around(np.ascontiguousarray(c), bandwidth, rng)
-            elif _kind(factor) == "vmf":
+            if kernel_kind(factor) == "so3":
+                out[:, sl] = sample_rotation_kernel(np.ascontiguousarray(c), bandwidth, rng)
+            elif kernel_kind(factor) == "vmf":
                 mu = torch.from_numpy(np.ascontiguousarray(c))
                 kap = torch.full((len(c),), kappa, dtype=torch.float64)
                 out[:, sl] = sample_vmf_s2(mu, kap, gen).numpy()

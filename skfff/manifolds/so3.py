@@ -6,10 +6,17 @@ import math
 
 import numpy as np
 import torch
+from scipy.spatial.transform import Rotation
 
 from .base import Manifold
 
-__all__ = ["SpecialOrthogonal", "log_isotropic_gaussian", "quaternion_to_matrix"]
+__all__ = [
+    "SpecialOrthogonal",
+    "log_isotropic_gaussian",
+    "log_rotation_kernel",
+    "quaternion_to_matrix",
+    "sample_rotation_kernel",
+]
 
 
 def log_isotropic_gaussian(angle: np.ndarray, scale: float) -> np.ndarray:
@@ -24,6 +31,52 @@ def log_isotropic_gaussian(angle: np.ndarray, scale: float) -> np.ndarray:
     angle = np.asarray(angle, dtype=np.float64)
     log_gauss = -0.5 * angle**2 / scale**2 - 3 * np.log(scale) - 1.5 * np.log(2 * np.pi)
     return log_gauss - 2 * np.log(np.sinc(angle / (2 * np.pi)))  # / (sin(t/2) / (t/2))^2
+
+
+def _log_chi3_cdf(x):
+    """``log P(|w| <= x sigma)`` for ``w ~ N(0, sigma^2 I_3)`` (ndarray or tensor)."""
+    if isinstance(x, torch.Tensor):
+        cdf = torch.erf(x / math.sqrt(2.0)) - math.sqrt(2.0 / math.pi) * x * torch.exp(-0.5 * x * x)
+        return torch.log(cdf.clamp_min(1e-300))
+    from scipy.special import erf
+
+    cdf = erf(x / math.sqrt(2.0)) - math.sqrt(2.0 / math.pi) * x * np.exp(-0.5 * x * x)
+    return np.log(np.maximum(cdf, 1e-300))
+
+
+def log_rotation_kernel(trace, sigma):
+    """Log-density (w.r.t. the volume ``8 pi^2``) of ``C exp(hat(w))``, ``w ~ N(0, sigma^2
+    I_3)`` conditioned on ``|w| <= pi``, at a rotation ``R`` with ``tr(C^T R) = trace``.
+
+    :func:`log_isotropic_gaussian` (exact once the rotation vector is confined to one
+    preimage) over the truncation's probability. ``trace`` and ``sigma`` broadcast; ndarrays
+    or tensors (then differentiable: the angle is taken as ``atan2(sin, cos)`` with the sine
+    clamped away from 0, so the gradient stays finite at ``R = C``).
+    """
+    if isinstance(trace, torch.Tensor):
+        cos = ((trace - 1.0) / 2.0).clamp(-1.0, 1.0)
+        angle = torch.atan2(torch.sqrt((1.0 - cos * cos).clamp_min(1e-300)), cos)
+        log_gauss = (-0.5 * angle**2 / sigma**2 - 3 * torch.log(sigma)
+                     - 1.5 * math.log(2 * math.pi))
+        # / (sin(t/2) / (t/2))^2: the volume in exponential coordinates
+        return (log_gauss - 2 * torch.log(torch.sinc(angle / (2 * math.pi)))
+                - _log_chi3_cdf(math.pi / sigma))
+    angle = np.arccos(np.clip((np.asarray(trace) - 1.0) / 2.0, -1.0, 1.0))
+    return log_isotropic_gaussian(angle, sigma) - _log_chi3_cdf(math.pi / np.asarray(sigma))
+
+
+def sample_rotation_kernel(centres: np.ndarray, sigma, rng: np.random.Generator) -> np.ndarray:
+    """One draw of ``C exp(hat(w))``, ``w ~ N(0, sigma^2 I_3)``, ``|w| <= pi``, around each
+    flattened rotation ``C`` of ``centres`` ``(n, 9)``; ``sigma`` a float or ``(n,)``."""
+    n = len(centres)
+    sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (n,))[:, None]
+    v = rng.standard_normal((n, 3)) * sigma
+    while True:  # redraw the rotation vectors beyond pi (truncation)
+        far = np.linalg.norm(v, axis=1) > math.pi
+        if not far.any():
+            break
+        v[far] = rng.standard_normal((int(far.sum()), 3)) * sigma[far]
+    return (centres.reshape(n, 3, 3) @ Rotation.from_rotvec(v).as_matrix()).reshape(n, 9)
 
 
 def _hat(w: torch.Tensor) -> torch.Tensor:
