@@ -49,7 +49,7 @@ from scipy.special import logsumexp
 from skfff import ManifoldFreeFormFlow
 from skfff.datasets import make_torus_wrapped_normal_mixture, make_vmf_mixture
 from skfff.datasets._manifold import make_rotation_mixture
-from skfff.manifolds import latlon_to_unit
+from skfff.manifolds import Torus, latlon_to_unit
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "earth"
 EARTH = {  # file, header lines to skip
@@ -171,6 +171,11 @@ def concentrated(epochs, seed):
                                                         random_state=r,
                                                         return_distribution=True),
          wrapped_kde_log_density, np.geomspace(0.005, 0.3, 16)),
+        ("T^4 wrapped normals (3 x .1)", Torus(4),
+         lambda n, r: make_torus_wrapped_normal_mixture(n, n_components=3, scale=0.1,
+                                                        n_dims=4, random_state=r,
+                                                        return_distribution=True),
+         wrapped_kde_log_density, np.geomspace(0.01, 0.5, 16)),
         ("SO(3) rotations (3 x .1 rad)", "so3",
          lambda n, r: make_rotation_mixture(n, n_components=3, scale=0.1, random_state=r,
                                             return_distribution=True),
