@@ -214,7 +214,7 @@ class ManifoldFreeFormFlow(
         ``S^2``, ``T^2``, ``T^4`` and ``SO(3)`` it is within 0.01 nats of the truth after 40
         epochs, where the uniform latent was 2-3 nats short (``benchmarks/README.rst``).
     n_prior_components : int or "auto", default="auto"
-        Components of the ``"mixture"`` prior. ``"auto"``: EM is run with 1, 2, 4, ..., 128
+        Components of the ``"mixture"`` prior. ``"auto"``: EM is run with 1, 2, 4, ..., 512
         components (at least 10 rows per component) on 90 % of the rows and the count with
         the best log-likelihood on the other 10 % is kept (``prior_selection_``).
     distance_weight : float, default=1.0
@@ -324,7 +324,7 @@ class ManifoldFreeFormFlow(
         ``check_normalization=False`` or conditional).
     proposal_ : KernelProposal
         The importance sampler of the early-stopping monitor, of the end-of-fit check and
-        of :meth:`normalization_constant`, fitted to the training rows (at most 256 of
+        of :meth:`normalization_constant`, fitted to the training rows (at most 1 024 of
         them are kept).
     log_normalizer_ : float
         What ``score_samples`` subtracts: the log of ``normalization_``'s estimate with

@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 #: Candidate numbers of components of ``n_components="auto"``.
-AUTO_COMPONENTS = (1, 2, 4, 8, 16, 32, 64, 128)
+AUTO_COMPONENTS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 #: ``"auto"`` tries only counts with at least this many fitting rows per component.
 ROWS_PER_COMPONENT = 10
 #: Share of the rows held out to choose the number of components.

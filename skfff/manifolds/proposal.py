@@ -97,9 +97,13 @@ class KernelProposal:
     manifold : Manifold
     centres : ndarray of shape (n, m)
         Reference points in the embedding (e.g. the training rows).
-    max_centres : int, default=256
+    max_centres : int, default=1024
         Larger sets are subsampled (without replacement, seed 0): the cost of ``log q`` is
-        proportional to it (50 000 points against 256 centres: about 1 s on one core).
+        proportional to it (50 000 points against 1 024 centres: about 4 s on one core).
+        Chosen on the fire data (11 500 rows, many small clusters): the integral of a
+        512-component mixture fitted to them (exactly 1) was estimated with 50 000 points
+        at 0.976-1.025 (standard error 1.7 %) with 256 centres, 0.984-1.003 (1.0 %) with
+        1 024 and 0.991-1.007 (0.6 %, 5x the cost) with 4 096.
     n_neighbors : int, default=10
         The narrow bandwidth is the median distance (in the embedding) from a centre to
         its ``n_neighbors``-th nearest neighbour, divided by the square root of the
@@ -114,7 +118,7 @@ class KernelProposal:
         False where the manifold has no supported kernel: then ``q`` is uniform.
     """
 
-    def __init__(self, manifold: Manifold, centres: np.ndarray, max_centres: int = 256,
+    def __init__(self, manifold: Manifold, centres: np.ndarray, max_centres: int = 1024,
                  n_neighbors: int = 10) -> None:
         self.manifold = manifold
         centres = np.asarray(centres, dtype=np.float64)
