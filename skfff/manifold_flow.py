@@ -208,9 +208,9 @@ class ManifoldFreeFormFlow(
         (spheres ``S^n`` with ``n >= 3``, conditional flows).
         ``"vmf_mixture"`` is the older name of ``"mixture"``. Chosen on the benchmark of
         ``benchmarks/bench_manifold_flow.py``: on the earth data (five splits each) the
-        held-out NLL went from 0.45 to -0.75 (volcano), 0.74 to 0.21 (earthquake), 1.30 to
-        0.79 (flood) and -0.27 to -0.95 (fire), ahead of a tuned vMF kernel density on
-        volcano and earthquake, behind it on flood and fire; on concentrated mixtures on
+        held-out NLL went from 0.45 to -0.79 (volcano), 0.74 to 0.12 (earthquake), 1.30 to
+        0.73 (flood) and -0.27 to -1.29 (fire), ahead of a tuned vMF kernel density on
+        volcano, earthquake and fire, 0.03 behind it on flood; on concentrated mixtures on
         ``S^2``, ``T^2``, ``T^4`` and ``SO(3)`` it is within 0.01 nats of the truth after 40
         epochs, where the uniform latent was 2-3 nats short (``benchmarks/README.rst``).
     n_prior_components : int or "auto", default="auto"
