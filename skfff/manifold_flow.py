@@ -30,7 +30,7 @@ from .manifolds import (
     Torus,
     UniformDistribution,
 )
-from .manifolds.mixture import fit_kernel_mixture, kernel_blocks
+from .manifolds.mixture import KernelMixture, fit_kernel_mixture, kernel_blocks
 
 __all__ = ["ManifoldFreeFormFlow"]
 
@@ -612,7 +612,7 @@ class ManifoldFreeFormFlow(
                 f"(the kernels of skfff.manifolds.KernelMixture), not {self.manifold_!r}; use "
                 "prior='uniform'."
             )
-        if self._warm() and hasattr(self.net_.module_.prior, "selection"):
+        if self._warm() and isinstance(self.net_.module_.prior, KernelMixture):
             prior = copy.deepcopy(self.net_.module_.prior)
         else:
             prior = fit_kernel_mixture(self.manifold_, X, self.n_prior_components,

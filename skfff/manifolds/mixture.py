@@ -147,6 +147,8 @@ class KernelMixture(nn.Module):
         self.raw_means = nn.Parameter(means)
         self.log_kappa = nn.Parameter(kappas.clamp_min(1e-6).log())
         self.logits = nn.Parameter(weights.clamp_min(1e-12).log())
+        #: Held-out mean log-likelihood of each count tried by fit_kernel_mixture("auto").
+        self.selection: dict[int, float] = {}
 
     @property
     def n_components(self) -> int:
@@ -170,17 +172,10 @@ class KernelMixture(nn.Module):
         Computed in float64 (cheap: at most a few hundred components), so that a row's value
         does not depend on the batch it comes in (float32 matrix products do), and
         returned in ``z``'s dtype."""
-        zd = z.double()
-        kappa = self.log_kappa.double().exp()
-        out = torch.log_softmax(self.logits.double(), 0).expand(z.shape[0], -1)
-        for b, (kind, sl, mu) in enumerate(zip(self.blocks, self.slices, self.centres(),
-                                               strict=True)):
-            dots = zd[:, sl] @ mu.T  # <u, mu>; on SO(3) tr(M^T R)
-            if kind == "so3":
-                out = out + log_rotation_kernel(dots, kappa[:, b].rsqrt())
-            else:
-                out = out + kappa[:, b] * dots + vmf_log_normaliser(kappa[:, b],
-                                                                    BLOCK_SIZE[kind])
+        out = _log_components(z.double(), torch.cat(self.centres(), 1),
+                              self.log_kappa.double().exp(),
+                              torch.log_softmax(self.logits.double(), 0), self.blocks,
+                              self.slices)
         return out.to(z.dtype)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
@@ -253,15 +248,23 @@ def _m_step(X: np.ndarray, resp: np.ndarray, blocks: Sequence[str], slices: list
     return means, kappas, nk / nk.sum()
 
 
-def _component_log_prob(X, means, kappas, weights, blocks, slices) -> np.ndarray:
-    out = np.log(np.maximum(weights, 1e-300))[None, :].repeat(len(X), 0)
+def _log_components(X, means, kappas, log_weights, blocks, slices):
+    """``log w_k + log p_k(x)``, ``(n, K)``, for ndarrays (EM) or tensors (the module):
+    ``dots`` is ``<u, mu>`` per block, on ``SO(3)`` ``tr(M^T R)``."""
+    out = log_weights
     for b, (kind, sl) in enumerate(zip(blocks, slices, strict=True)):
         dots = X[:, sl] @ means[:, sl].T
         if kind == "so3":
-            out += log_rotation_kernel(dots, 1.0 / np.sqrt(kappas[:, b]))
+            out = out + log_rotation_kernel(dots, kappas[:, b] ** -0.5)
         else:
-            out += kappas[:, b] * dots + vmf_log_normaliser(kappas[:, b], BLOCK_SIZE[kind])
+            out = out + kappas[:, b] * dots + vmf_log_normaliser(kappas[:, b],
+                                                                 BLOCK_SIZE[kind])
     return out
+
+
+def _component_log_prob(X, means, kappas, weights, blocks, slices) -> np.ndarray:
+    return _log_components(X, means, kappas, np.log(np.maximum(weights, 1e-300)), blocks,
+                           slices)
 
 
 def _em(X, blocks, slices, n_components, rng, max_kappa, max_iter=100, tol=1e-4):
@@ -276,8 +279,7 @@ def _em(X, blocks, slices, n_components, rng, max_kappa, max_iter=100, tol=1e-4)
         seeds.append(j)
         closest = np.minimum(closest, ((X - X[j]) ** 2).sum(1))
     # first responsibilities: each row to its nearest seed
-    nearest = np.argmin(((X[:, None, :] - X[seeds][None, :, :]) ** 2).sum(-1), axis=1) \
-        if n * n_components <= 4_000_000 else _nearest_blocked(X, X[seeds])
+    nearest = _nearest_blocked(X, X[seeds])
     resp = np.zeros((n, n_components))
     resp[np.arange(n), nearest] = 1.0
     params = _m_step(X, resp, blocks, slices, max_kappa)
