@@ -12,9 +12,9 @@ So we relax a fixed budget of sampled graph paths towards their geodesics (the e
 accurate step), measure ``ratio = relaxed length / graph length`` for each, and fit the
 non-decreasing map ``s -> ratio`` by isotonic regression. Every other distance is then its
 graph length times ``ratio(s)``: ``O(n_pairs)`` relaxations in total, whatever the number of
-distances asked for. On ``N(0, I_D)`` with ``n = 2 000`` and ``k = 10`` the held-out median
-error against relaxed lengths drops from 4 / 30 / 53 % (graph) to 0.7 / 3.2 / 3.8 % at
-``D = 2 / 5 / 10`` (``benchmarks/bench_fermat.py``).
+distances asked for. On ``N(0, I_D)`` with ``n = 2 000`` and ``k = 15`` the median error of
+calibrated against relaxed distances is 0.4 / 2.5 / 2.7 % at ``D = 2 / 5 / 10``
+(``benchmarks/bench_fermat.py``; ``benchmarks/README.rst``, "FermatDistance (issue 13)").
 
 The map is fitted on pairs of training points and applied to any query; it changes the
 distances' values but (being a function of ``s`` rather than of the length) can reorder

@@ -164,20 +164,17 @@ class DirichletLatentClassifier(
     all components and ``components_`` shows which topic is which. Check the learnt topics
     before trusting the classifier.
 
-    Which components a training finds depends on its random initialisation: on the
-    benchmark's rare, simple signal (``n_components=4, alpha=0.1``, 3 000 jets, 60 epochs)
-    80 single trainings over 16 data sets reached AUC 0.877 +- 0.115 (0.48 to 0.98; 44 %
-    below 0.9). Among several initialisations the best ELBO picks the *worse* classifiers
-    (the likelihood prefers splitting the varied majority class, the failure above), while
-    the most decisive mixture weights (lowest mean entropy ``-sum_k w_k log w_k`` over the
-    training rows) picked, with ``n_init=5``, AUC 0.943 +- 0.051 over 22 data sets (0.80 at
-    worst, 3 below 0.9; sklearn's LDA on pseudo-counts: 0.82); on the balanced cases it
-    changed nothing (within 0.001). At the default ``max_epochs=100`` (16 data sets): one
-    training 0.922 +- 0.077, lowest entropy of five 0.965 +- 0.028, best ELBO of five
-    0.877. Hence ``n_init``, selected by that entropy; ``n_init=5`` is the recipe for a
-    rare class, at five times the training cost. It improves the odds without guaranteeing
-    the best initialisation: the entropies of good and poor trainings can differ by only
-    0.01-0.02 nats.
+    Which components a training finds depends on its random initialisation, most of all
+    for a rare, simple class. With ``n_init`` trainings the one whose mixture weights are
+    the most decisive is kept: the lowest mean entropy ``-sum_k w_k log w_k`` over the
+    training rows (``init_entropies_``), a rule that needs no labels. The best ELBO is not
+    used because it picks the *worse* classifiers (the likelihood prefers splitting the
+    varied majority class, the failure above). ``n_init=5`` is the recipe for a rare class,
+    at five times the training cost; on balanced classes it changes next to nothing. It
+    improves the odds without guaranteeing the best initialisation: the entropies of good
+    and poor trainings can differ by only 0.01-0.02 nats. The rule was chosen on the
+    rare-signal runs of ``benchmarks/bench_dirichlet.py`` (figures in
+    ``benchmarks/README.rst``, "DirichletLatentClassifier").
 
     References
     ----------

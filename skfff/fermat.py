@@ -110,9 +110,9 @@ class FermatDistance(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
         ``1 / n_features``. ``beta = 0`` gives graph-approximated Euclidean distances.
     n_neighbors : int, default=15
         Neighbours per point in the graph; also how many training points a new point is
-        joined to. More neighbours mean straighter graph paths (on N(0, I_5) with
-        n = 5 000, calibrated distances are 3.4 % off with 10 neighbours, 2.2 % with 15)
-        at a proportional cost in density evaluations.
+        joined to. More neighbours mean straighter graph paths at a proportional cost in
+        density evaluations (on ``N(0, I_5)`` with ``n = 5 000``, calibrated distances are
+        3.4 % off with 10 neighbours, 2.2 % with 15: ``benchmarks/bench_fermat.py``).
     relax : bool or "auto", default="auto"
         How paths are refined towards geodesics. ``"auto"``: calibrated graph distances,
         each graph distance times a factor predicted from the straightness of its path,

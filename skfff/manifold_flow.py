@@ -190,10 +190,10 @@ class ManifoldFreeFormFlow(
         ``S^2``, ``c = 5``) keep ``beta`` as given; a vMF mixture with ``kappa = 100``
         (``c = 23``) gets 2.3 times ``beta``, the volcano data (``c = 191``) 10 times. Set
         a number to fix the factor (``1`` is ``beta`` as given). On geographic event data
-        (earthquakes, floods, fires, volcanoes) ``beta_scale=10`` gave encoder densities
-        normalised to within 1-4 % on every split where ``"auto"`` (2.2 for earthquakes,
-        1 for floods) left 1.2-1.5; the rule was not changed because a factor that large on
-        diffuse data costs 0.1-0.3 nats at short budgets (``benchmarks/README.rst``).
+        ``beta_scale=10`` gives a better normalised encoder density than ``"auto"``; the
+        rule does not give that much because a factor that large costs likelihood on
+        diffuse data (earth and known-density runs of ``benchmarks/bench_manifold_flow.py``;
+        figures in ``benchmarks/README.rst``, "ManifoldFreeFormFlow").
     n_hutchinson : int, default=1
         Tangent-space Hutchinson probes per sample.
     prior : {"auto", "mixture", "uniform", "vmf_mixture"}, default="auto"
@@ -206,13 +206,12 @@ class ManifoldFreeFormFlow(
         ``"uniform"``: the uniform distribution. ``"auto"``: ``"mixture"`` where the
         manifold has such kernels and the flow is unconditional, else ``"uniform"``
         (spheres ``S^n`` with ``n >= 3``, conditional flows).
-        ``"vmf_mixture"`` is the older name of ``"mixture"``. Chosen on the benchmark of
-        ``benchmarks/bench_manifold_flow.py``: on the earth data (five splits each) the
-        held-out NLL went from 0.45 to -0.79 (volcano), 0.74 to 0.12 (earthquake), 1.30 to
-        0.73 (flood) and -0.27 to -1.29 (fire), ahead of a tuned vMF kernel density on
-        volcano, earthquake and fire, 0.03 behind it on flood; on concentrated mixtures on
-        ``S^2``, ``T^2``, ``T^4`` and ``SO(3)`` it is within 0.01 nats of the truth after 40
-        epochs, where the uniform latent was 2-3 nats short (``benchmarks/README.rst``).
+        ``"vmf_mixture"`` is the older name of ``"mixture"``. Chosen on the earth and
+        known-density runs of ``benchmarks/bench_manifold_flow.py``: the fitted mixture
+        improved the held-out NLL of every earth fit, and brought concentrated mixtures on
+        ``S^2``, ``T^2``, ``T^4`` and ``SO(3)`` within 0.01 nats of the truth where the
+        uniform latent stayed 2-3 nats short (``benchmarks/README.rst``,
+        "ManifoldFreeFormFlow").
     n_prior_components : int or "auto", default="auto"
         Components of the ``"mixture"`` prior. ``"auto"``: EM is run with 1, 2, 4, ..., 512
         components (at least 10 rows per component) on 90 % of the rows and the count with
@@ -225,9 +224,9 @@ class ManifoldFreeFormFlow(
         Weight of ``|x' - g(f(x'))|^2`` for points ``x'`` drawn uniformly on the
         manifold: keeps ``f`` invertible away from the data too, so that the density
         integrates to one over the whole manifold. Without it (0) the encoder folds the
-        empty parts of the manifold onto the data and the density can integrate to 1.4;
-        with 1, 10 and 50 the Monte Carlo integral was 1.05, 1.03 and 1.01 on a 4-component
-        vMF mixture, at held-out NLLs 0.02, 0.05 and 0.08 nats above the truth.
+        empty parts of the manifold onto the data and the density integrates to more than
+        1; a larger weight normalises better at some cost in likelihood. The default was
+        chosen on the four-component vMF mixture of ``benchmarks/bench_manifold_flow.py``.
     log_prob_via : {"auto", "decoder", "encoder"}, default="auto"
         Which network's Jacobian gives the density. ``"decoder"``:
         ``log p_Z(f(x)) - log|det J_g(f(x))|``, the density of the samples ``g(z)`` (the
@@ -240,8 +239,9 @@ class ManifoldFreeFormFlow(
         ``check_normalization`` is the nearer to 1, counting two relative standard errors
         against it (``|log Z| + 2 stderr / Z``: a spiky density has a noisy integral); the
         decoder's on a tie (the choice is ``log_prob_via_``), and without the check. On the
-        earth data the encoder density was the better normalised one in 27 of the 28 fits
-        where they differed (``benchmarks/README.rst``).
+        earth runs of ``benchmarks/bench_manifold_flow.py`` the encoder density was the
+        better normalised one in 27 of the 28 fits where they differed
+        (``benchmarks/README.rst``, "ManifoldFreeFormFlow").
     check_normalization : bool, default=True
         At the end of ``fit``, integrate the learnt density over the manifold by importance
         sampling with 50 000 points (:class:`~skfff.manifolds.KernelProposal`, see
@@ -252,12 +252,13 @@ class ManifoldFreeFormFlow(
     renormalize : bool, default=True
         Divide the density by the integral the end-of-fit check measured
         (``normalization_``), so that ``score_samples`` is a normalised log-density up to
-        that estimate's Monte Carlo error (a standard error of 0.2-1.5 % on the earth data).
-        The estimate is unbiased: importance sampling with a proposal that is positive on
-        the whole manifold. The network's density is a normalised one only where ``f`` is
-        one-to-one (encoder) or ``g`` inverts ``f`` (decoder); on concentrated real data
-        neither holds exactly after a finite training, and its raw integral was 0.95-1.32
-        on the earth data (``benchmarks/README.rst``). Without the check
+        that estimate's Monte Carlo error (``normalization_[1]``). The estimate is
+        unbiased: importance sampling with a proposal that is positive on the whole
+        manifold. The network's density is a normalised one only where ``f`` is one-to-one
+        (encoder) or ``g`` inverts ``f`` (decoder); on concentrated real data neither holds
+        exactly after a finite training, and the raw integral can be off 1 by tens of per
+        cent (earth runs of ``benchmarks/bench_manifold_flow.py``; ``benchmarks/README.rst``,
+        "ManifoldFreeFormFlow"). Without the check
         (``check_normalization=False``, conditional flows) nothing is divided. Samples from
         :meth:`sample` are unaffected (they follow the decoder).
     n_monitor_points : int, default=5000
@@ -267,11 +268,11 @@ class ManifoldFreeFormFlow(
         rows), so that early stopping monitors the validation NLL of ``p / Z``
         (``valid_normalised_nll`` in ``history_``): a likelihood that spurious mass cannot
         inflate. ``0`` monitors ``valid_loss`` instead (the NLL plus the reconstruction
-        terms; cheaper). Unused for conditional flows and without early stopping. Chosen
-        on the earth data (``benchmarks/README.rst``): on 14 fits, the epoch it keeps had a
-        better normalised test NLL than the one ``valid_loss`` keeps in 11, by 0.05-0.29
-        nats, and a level one in the other 3. Costs ``n_monitor_points``
-        log-determinants per epoch.
+        terms; cheaper). Unused for conditional flows and without early stopping. Costs
+        ``n_monitor_points`` log-determinants per epoch. Chosen on the earth runs of
+        ``benchmarks/bench_manifold_flow.py``, where on every fit the epoch it keeps had a
+        normalised test NLL as good as (within 0.003 nats) or better than that of the epoch
+        ``valid_loss`` keeps (``benchmarks/README.rst``, "ManifoldFreeFormFlow").
     project_inputs : bool, default=False
         Project inputs onto the manifold instead of rejecting points off it.
     tol : float, default=1e-4

@@ -100,10 +100,10 @@ class KernelProposal:
     max_centres : int, default=1024
         Larger sets are subsampled (without replacement, seed 0): the cost of ``log q`` is
         proportional to it (50 000 points against 1 024 centres: about 4 s on one core).
-        Chosen on the fire data (11 500 rows, many small clusters): the integral of a
-        512-component mixture fitted to them (exactly 1) was estimated with 50 000 points
-        at 0.976-1.025 (standard error 1.7 %) with 256 centres, 0.984-1.003 (1.0 %) with
-        1 024 and 0.991-1.007 (0.6 %, 5x the cost) with 4 096.
+        Chosen on the fire data of ``benchmarks/bench_manifold_flow.py`` (many small
+        clusters), where fewer centres left too large a standard error on the integral of a
+        512-component mixture and more cost more than they gained (``benchmarks/README.rst``,
+        "ManifoldFreeFormFlow").
     n_neighbors : int, default=10
         The narrow bandwidth is the median distance (in the embedding) from a centre to
         its ``n_neighbors``-th nearest neighbour, divided by the square root of the
