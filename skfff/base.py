@@ -699,6 +699,10 @@ class BaseTorchEstimator(BaseEstimator):
         low, high = self._AUTO_EPOCH_RANGE
         return int(np.clip(math.ceil(self._AUTO_STEPS / steps), low, high))
 
+    def _early_stopping(self) -> bool:
+        """Whether this fit stops early (``early_stopping``; a subclass resolves ``"auto"``)."""
+        return bool(self.early_stopping)
+
     def _patience(self, max_epochs: int) -> int:
         """``patience`` (``"auto"``: a third of ``max_epochs``, at least 50)."""
         if self.patience == "auto":
@@ -730,7 +734,7 @@ class BaseTorchEstimator(BaseEstimator):
                     last_epoch=-1,
                 ),
             ))
-        if self.early_stopping and has_valid:
+        if self._early_stopping() and has_valid:
             cbs.append((
                 "early_stopping",
                 _EarlyStopping(
@@ -894,7 +898,7 @@ class BaseTorchEstimator(BaseEstimator):
             )
         if history and "valid_loss" in history[-1]:
             losses = [row["valid_loss"] for row in history]
-            kept = np.nanmin(losses) if self.early_stopping else losses[-1]
+            kept = np.nanmin(losses) if self._early_stopping() else losses[-1]
         else:
             kept = self._mean_validation_loss({k: v[:4096] for k, v in data.items()})
         if not np.isfinite(kept):

@@ -16,6 +16,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._conditioning import ConditionalMixin
+from ._mutual_information import mutual_information
 from ._normalization import TwoDensities, importance_integral
 from ._torch.fff import FreeFormFlowModule
 from ._torch.networks import ResidualMLP, make_network
@@ -27,6 +28,11 @@ __all__ = ["FreeFormFlow"]
 #: ``latent="auto"`` takes the Student-t latent from this many features up (chosen on the
 #: density suite: ``benchmarks/README.rst``).
 _AUTO_STUDENT_T_MIN_FEATURES = 3
+#: ``beta_scale="auto"``: ``beta`` is kept up to this variance ratio ``exp(2 I / d)`` of the
+#: data to the conditional density, and multiplied by the excess (at most
+#: :data:`_MAX_BETA_SCALE` times) beyond it.
+_REFERENCE_VARIANCE_RATIO = 5.0
+_MAX_BETA_SCALE = 10.0
 
 
 class FreeFormFlow(
@@ -56,12 +62,26 @@ class FreeFormFlow(
 
     Parameters
     ----------
-    hidden_features : int, default=128
-        Width of the default residual MLPs.
+    hidden_features : int or "auto", default="auto"
+        Width of the default residual MLPs. ``"auto"``: 256 for a flow conditioned on
+        continuous ``y`` (a posterior estimator; see Notes), 128 otherwise.
     n_blocks : int, default=3
         Residual blocks in each default network.
     beta : float, default=100.0
         Weight of the reconstruction loss, which keeps ``g`` close to ``f^-1``.
+    beta_scale : "auto" or float, default="auto"
+        Factor applied to ``beta`` (the weight used is ``beta * beta_scale_``). Samples
+        ``g(z)`` follow the density only where ``g`` inverts ``f`` to well within the
+        density's length scale, and a conditional density ``p(x | y)`` can be far narrower
+        than the spread of ``x``. ``"auto"``: for a conditional flow,
+        ``clip(r / 5, 1, 10)`` with ``r = exp(2 I / n_features)``, where ``I`` is a
+        nearest-neighbour estimate of the mutual information between ``x`` and ``y`` on the
+        training rows (``mutual_information_``; for Gaussians ``r`` is the ratio of the
+        marginal to the conditional variance, geometrically averaged over the features);
+        1 for an unconditional flow. Chosen on ``benchmarks/bench_sbi.py``: on two moons
+        and the Gaussian mixture (``r`` of 48 and 82) a larger ``beta`` made the samples
+        match the posterior, on SLCP, Gaussian linear and the GLM (``r`` of 1.4-2) it made
+        them worse (``benchmarks/README.rst``, "Simulation-based inference").
     n_hutchinson : int, default=1
         Hutchinson probe vectors per sample (1 is the reference default).
     off_data_weight : float, default=0.1
@@ -154,6 +174,11 @@ class FreeFormFlow(
         The latent distribution in use (what ``latent="auto"`` chose).
     latent_df_ : ndarray of shape (n_features,) or None
         The learnt degrees of freedom of the Student-t latent, None for the normal one.
+    beta_scale_ : float
+        The factor applied to ``beta`` (what ``beta_scale="auto"`` chose).
+    mutual_information_ : float or None
+        The estimate of ``I(x; y)`` in nats behind ``beta_scale="auto"`` (conditional flows
+        only; None otherwise).
     n_iter_ : int
         Epochs run.
     n_features_in_ : int
@@ -173,27 +198,27 @@ class FreeFormFlow(
 
     Notes
     -----
-    The defaults (``beta=100``, width 128, 3 blocks, cosine schedule, early stopping on the
-    exact validation NLL plus reconstruction, ``off_data_weight=0.1``) were chosen on the
-    2-D ring and the 8-D nonlinear chain of :mod:`skfff.datasets`
-    (``benchmarks/bench_flow.py``); ``batch_size="auto"`` (an eighth of the training rows,
-    32 to 256) on the tuning half of the density suite (``benchmarks/bench_density.py``):
-    with 500 rows, batches of 256 left fewer than 600 optimiser steps and the fits
-    underfitted. ``max_epochs="auto"`` and ``patience="auto"`` (about 8000 steps, a third
-    of them as patience; before: 300 epochs, patience 50) on the same half and then checked
-    on the report half: at 500 rows the old budget stopped the 2-D fits after 100-200
-    epochs on a noisy 50-row validation set, while their best epochs with a longer budget
-    came at 450-850 (ring of 8 Gaussians 0.52 -> 0.09 nats from the entropy). Better on 14
-    of 20 tuning fits and 18 of 20 report fits (two seeds), and on 4 of 5 tasks at 5000
-    rows; fits take 1.5x (5000 rows) to 3-7x (500 rows) longer. ``latent="auto"`` on both
-    halves (three seeds each): from 3 features up the Student-t latent was better on 15 of
-    24 tuning fits and 19 of 24 report fits (heavy tails and scale mixtures by 0.07-1.2
-    nats, breast cancer and digits by 0.9-3), in 2-D worse on 8 of 12; conditional flows
-    keep the normal latent, which was as good or better on the simulation-based inference
-    tasks and keeps fewer posterior samples outside the prior's box. The runs behind them,
-    and where the defaults still lose, are in ``benchmarks/README.rst``. Watch
-    ``valid_reconstruction`` in ``history_``: when ``g`` is far from ``f^-1`` the exact
-    density is unreliable; raise ``beta`` then.
+    The defaults were chosen on benchmark suites and checked on data they were not tuned
+    on; the runs, and where the defaults still lose, are in ``benchmarks/README.rst``.
+    ``beta=100``, width 128, 3 blocks, the cosine schedule, early stopping on the exact
+    validation NLL plus reconstruction and ``off_data_weight=0.1`` come from
+    ``benchmarks/bench_flow.py``; ``batch_size``, ``max_epochs``, ``patience`` and
+    ``latent`` (``"auto"``) from the tuning half of the density suite
+    (``benchmarks/bench_density.py``), checked on its report half: small data sets need
+    small batches and many epochs (about 8000 optimiser steps), and heavy-tailed data a
+    Student-t latent. ``beta_scale="auto"`` comes from the simulation-based inference
+    tasks (``benchmarks/bench_sbi.py``). Watch ``valid_reconstruction`` in ``history_``:
+    when ``g`` is far from ``f^-1`` the exact density is unreliable; raise ``beta`` then.
+
+    As a posterior estimator (conditioned on continuous ``y``: ``theta`` as ``X``, the
+    simulations as ``y``) the flow is judged by its samples, which follow the density only
+    as far as ``g`` inverts ``f``. Hence three ``"auto"`` rules there, chosen on
+    ``benchmarks/bench_sbi.py``: ``beta`` scaled by the information ``y`` carries
+    (``beta_scale``), width 256 and the whole cosine schedule without early stopping
+    (stopping restored mid-schedule weights whose samples were worse). With them the
+    samples were at least as close to the reference posteriors (C2ST) as those of a neural
+    spline flow trained as neural posterior estimation on all five of the benchmark's
+    tasks at 10 000 simulations, at 5-29 times its fit time.
 
     References
     ----------
@@ -237,15 +262,25 @@ class FreeFormFlow(
             'Epochs without improvement before early stopping. ``"auto"``: a third of '
             "``max_epochs``, at least 50.",
         ),
+        "early_stopping": (
+            'bool or "auto"',
+            "Stop when the validation loss has not improved for ``patience`` epochs and restore "
+            'the best weights. Needs ``validation_fraction > 0``. ``"auto"``: on, except for '
+            "a flow conditioned on continuous ``y``, which trains the whole schedule (see "
+            "Notes).",
+        ),
     }
 
     _parameter_constraints: dict = {
         **BaseTorchEstimator._parameter_constraints,
         "max_epochs": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "patience": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
-        "hidden_features": [Interval(numbers.Integral, 1, None, closed="left")],
+        "hidden_features": [Interval(numbers.Integral, 1, None, closed="left"),
+                            StrOptions({"auto"})],
+        "early_stopping": ["boolean", StrOptions({"auto"})],
         "n_blocks": [Interval(numbers.Integral, 0, None, closed="left")],
         "beta": [Interval(numbers.Real, 0, None, closed="neither")],
+        "beta_scale": [StrOptions({"auto"}), Interval(numbers.Real, 0, None, closed="neither")],
         "n_hutchinson": [Interval(numbers.Integral, 1, None, closed="left")],
         "off_data_weight": [Interval(numbers.Real, 0, None, closed="left")],
         "check_normalization": ["boolean", StrOptions({"auto"})],
@@ -260,9 +295,10 @@ class FreeFormFlow(
     def __init__(
         self,
         *,
-        hidden_features: int = 128,
+        hidden_features: int | str = "auto",
         n_blocks: int = 3,
         beta: float = 100.0,
+        beta_scale: str | float = "auto",
         n_hutchinson: int = 1,
         off_data_weight: float = 0.1,
         check_normalization: bool | str = "auto",
@@ -282,7 +318,7 @@ class FreeFormFlow(
         device: Any = "auto",
         callbacks: list | None = None,
         validation_fraction: float = 0.1,
-        early_stopping: bool = True,
+        early_stopping: bool | str = "auto",
         patience: int | str = "auto",
         random_state: Any = None,
         verbose: int = 0,
@@ -298,6 +334,7 @@ class FreeFormFlow(
         self.hidden_features = hidden_features
         self.n_blocks = n_blocks
         self.beta = beta
+        self.beta_scale = beta_scale
         self.n_hutchinson = n_hutchinson
         self.off_data_weight = off_data_weight
         self.check_normalization = check_normalization
@@ -321,15 +358,47 @@ class FreeFormFlow(
         d, k = X.shape[1], 0 if C is None else C.shape[1]
 
         def default() -> ResidualMLP:
-            return ResidualMLP(d, d, self.hidden_features, self.n_blocks, k, skip=True)
+            return ResidualMLP(d, d, self._width(), self.n_blocks, k, skip=True)
 
+        self._set_beta_scale(X, C)
         return FreeFormFlowModule(
             make_network(self.encoder, d, d, k, default=default),
             make_network(self.decoder, d, d, k, default=default),
-            self.beta, self.n_hutchinson, off_data_weight=self.off_data_weight,
+            self.beta * self.beta_scale_, self.n_hutchinson, off_data_weight=self.off_data_weight,
             latent=StudentTLatent(d) if self._latent_kind(d, C is not None) == "student_t"
             else None,
         )
+
+    def _posterior_estimator(self) -> bool:
+        """Whether this fit is conditioned on continuous ``y`` (the ``"auto"`` rules)."""
+        return self.conditional is not False and self.condition_kind_ == "continuous"
+
+    def _width(self) -> int:
+        """``hidden_features``, with ``"auto"`` resolved."""
+        if self.hidden_features != "auto":
+            return int(self.hidden_features)
+        return 256 if self._posterior_estimator() else 128
+
+    def _early_stopping(self) -> bool:
+        """``early_stopping``, with ``"auto"`` resolved."""
+        if self.early_stopping != "auto":
+            return bool(self.early_stopping)
+        return not self._posterior_estimator()
+
+    def _set_beta_scale(self, X: np.ndarray, C: np.ndarray | None) -> None:
+        """``beta_scale_`` and ``mutual_information_`` (see ``beta_scale``)."""
+        self.mutual_information_ = None
+        if self.beta_scale != "auto":
+            self.beta_scale_ = float(self.beta_scale)
+            return
+        if C is None:
+            self.beta_scale_ = 1.0
+            return
+        self.mutual_information_ = mutual_information(
+            X, C, categorical=self.condition_kind_ == "categorical"
+        )
+        ratio = math.exp(2.0 * self.mutual_information_ / X.shape[1])
+        self.beta_scale_ = float(np.clip(ratio / _REFERENCE_VARIANCE_RATIO, 1.0, _MAX_BETA_SCALE))
 
     def _latent_kind(self, n_features: int, conditional: bool) -> str:
         """``latent``, with ``"auto"`` resolved from the number of features."""

@@ -1,0 +1,90 @@
+"""The nearest-neighbour mutual information behind FreeFormFlow's ``beta_scale="auto"``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from skfff import FreeFormFlow
+from skfff._mutual_information import mutual_information
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.6, 0.95])
+def test_matches_the_gaussian_closed_form(rho):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4000, 1))
+    y = rho * x + np.sqrt(1 - rho**2) * rng.standard_normal((4000, 1))
+    truth = -0.5 * np.log(1 - rho**2)
+    assert abs(mutual_information(x, y) - truth) < 0.05
+
+
+def test_several_columns_add_up():
+    # independent pairs (x_j, y_j): the information adds over the pairs
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4000, 3))
+    y = 0.9 * x + np.sqrt(1 - 0.81) * rng.standard_normal((4000, 3))
+    assert abs(mutual_information(x, y) - 3 * -0.5 * np.log(1 - 0.81)) < 0.2
+
+
+def test_class_labels_separated_and_independent():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 4, 3000)
+    one_hot = np.eye(4)[labels]
+    apart = rng.standard_normal((3000, 2)) + 10.0 * labels[:, None]
+    assert mutual_information(apart, one_hot, categorical=True) == pytest.approx(np.log(4),
+                                                                                 abs=0.03)
+    mixed = rng.standard_normal((3000, 2))
+    assert mutual_information(mixed, one_hot, categorical=True) < 0.03
+
+
+def test_deterministic_nonnegative_and_subsampled():
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((300, 2)), rng.standard_normal((300, 1))
+    first = mutual_information(x, y)
+    assert first == mutual_information(x, y) and first >= 0.0
+    # repeated rows (ties) are broken by the jitter, not counted as infinitely close
+    assert np.isfinite(mutual_information(np.repeat(x, 3, 0), np.repeat(y, 3, 0)))
+    big_x, big_y = rng.standard_normal((9000, 1)), rng.standard_normal((9000, 1))
+    assert mutual_information(big_x, big_y, max_rows=2000) < 0.05
+    assert mutual_information(x[:3], y[:3]) == 0.0
+
+
+def test_flow_beta_scale_follows_the_information():
+    rng = np.random.default_rng(4)
+    y = rng.uniform(-2, 2, (600, 2))
+    kw = dict(max_epochs=1, hidden_features=16, n_blocks=1, random_state=0)
+    noisy = y + 0.01 * rng.standard_normal(y.shape)
+    tight = FreeFormFlow(conditional="continuous", **kw).fit(noisy, y)
+    assert tight.mutual_information_ > 3 and tight.beta_scale_ == 10.0
+    assert tight.module_.beta == pytest.approx(100.0 * 10.0)
+    loose = FreeFormFlow(conditional="continuous", **kw).fit(rng.standard_normal((600, 2)), y)
+    assert loose.mutual_information_ < 0.2 and loose.beta_scale_ == 1.0
+    plain = FreeFormFlow(**kw).fit(y)
+    assert plain.beta_scale_ == 1.0 and plain.mutual_information_ is None
+    fixed = FreeFormFlow(conditional="continuous", beta_scale=3.0, **kw).fit(y, y)
+    assert fixed.beta_scale_ == 3.0 and fixed.mutual_information_ is None
+    assert fixed.module_.beta == pytest.approx(300.0)
+    with pytest.raises(ValueError, match="beta_scale"):
+        FreeFormFlow(beta_scale=0.0).fit(y)
+
+
+def test_posterior_estimator_defaults_only_for_continuous_conditions():
+    # conditioned on numbers: width 256 and the whole schedule; otherwise width 128 with
+    # early stopping, as before
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((200, 2))
+    kw = dict(max_epochs=2, random_state=0)
+
+    def width_and_callbacks(flow):
+        names = [name for name, _ in flow.net_.callbacks_]
+        return flow.module_.encoder.inp.weight.shape[0], "early_stopping" in names
+
+    posterior = FreeFormFlow(conditional="continuous", **kw).fit(X, X[:, :1])
+    assert width_and_callbacks(posterior) == (256, False)
+    labels = FreeFormFlow(conditional="categorical", **kw).fit(X, X[:, 0] > 0)
+    assert width_and_callbacks(labels) == (128, True)
+    plain = FreeFormFlow(**kw).fit(X)
+    assert width_and_callbacks(plain) == (128, True)
+    chosen = FreeFormFlow(conditional="continuous", hidden_features=32, early_stopping=True,
+                          **kw).fit(X, X[:, :1])
+    assert width_and_callbacks(chosen) == (32, True)
