@@ -22,10 +22,13 @@ from sklearn.neighbors import KDTree
 __all__ = ["mutual_information"]
 
 
-def _count_within(points: np.ndarray, radii: np.ndarray) -> np.ndarray:
-    """How many other rows lie strictly closer (max-norm) than ``radii[i]`` to row ``i``."""
+def _count_within(points: np.ndarray, radii: np.ndarray, *, inclusive: bool = False
+                  ) -> np.ndarray:
+    """How many other rows lie within ``radii[i]`` (max-norm) of row ``i``: strictly
+    closer, or with ``inclusive`` at most that far."""
+    bound = radii if inclusive else np.nextafter(radii, 0)
     tree = KDTree(points, metric="chebyshev")
-    return tree.query_radius(points, np.nextafter(radii, 0), count_only=True) - 1
+    return tree.query_radius(points, bound, count_only=True) - 1
 
 
 def _kth_distance(points: np.ndarray, k: int) -> np.ndarray:
@@ -90,7 +93,7 @@ def mutual_information(
             rows = labels == label
             radii[rows] = _kth_distance(X[rows], min(n_neighbors, counts[label] - 1))
         k_used = np.minimum(n_neighbors, counts[labels] - 1)
-        m = np.maximum(_count_within(X, np.nextafter(radii, np.inf)), 1)
+        m = np.maximum(_count_within(X, radii, inclusive=True), 1)
         estimate = (digamma(n) - np.mean(digamma(counts[labels])) + np.mean(digamma(k_used))
                     - np.mean(digamma(m)))
     else:
