@@ -142,6 +142,42 @@ class _EarlyStopping(EarlyStopping):
         self.best_model_weights_ = None  # not pickled with the fitted estimator
 
 
+class _OverfitGuard(Callback):
+    """For a fit that trains its whole schedule: keep the final weights unless the monitored
+    validation loss ended more than ``tolerance`` above its best, then restore the best
+    epoch's weights and warn (the network overfitted its few rows)."""
+
+    def __init__(self, monitor: str, tolerance: float, advice: str) -> None:
+        self.monitor = monitor
+        self.tolerance = tolerance
+        self.advice = advice
+
+    def initialize(self) -> _OverfitGuard:
+        self.best_, self.best_epoch_, self.state_ = np.inf, 0, None
+        return self
+
+    def on_epoch_end(self, net: NeuralNet, **kwargs: Any) -> None:
+        value = net.history[-1].get(self.monitor, np.nan)
+        if value < self.best_:
+            self.best_, self.best_epoch_ = float(value), len(net.history)
+            self.state_ = {k: v.detach().clone() for k, v in net.module_.state_dict().items()}
+
+    def on_train_end(self, net: NeuralNet, **kwargs: Any) -> None:
+        final = net.history[-1].get(self.monitor, np.nan)
+        self.warning_ = None
+        if self.state_ is not None and not final <= self.best_ + self.tolerance:
+            net.module_.load_state_dict(self.state_)
+            net.history.record("restored_epoch", self.best_epoch_)
+            # given by the estimator after the fit (warnings from inside skorch are muted)
+            self.warning_ = (
+                f"The validation {self.monitor.removeprefix('valid_')} rose from "
+                f"{self.best_:.4g} (epoch {self.best_epoch_}) to {final:.4g} by the end of "
+                f"training: the networks overfitted the training rows, and the weights of "
+                f"epoch {self.best_epoch_} are kept. {self.advice}"
+            )
+        self.state_ = None  # not pickled with the fitted estimator
+
+
 class _SurrogateNet(NeuralNet):
     """skorch net whose steps call the module's own training and validation losses.
 
@@ -896,6 +932,9 @@ class BaseTorchEstimator(BaseEstimator):
                 UserWarning,
                 stacklevel=4,
             )
+        for _, callback in self.net_.callbacks_:
+            if getattr(callback, "warning_", None):
+                warnings.warn(callback.warning_, UserWarning, stacklevel=4)
         if history and "valid_loss" in history[-1]:
             losses = [row["valid_loss"] for row in history]
             kept = np.nanmin(losses) if self._early_stopping() else losses[-1]

@@ -21,7 +21,7 @@ from ._normalization import TwoDensities, importance_integral
 from ._torch.fff import FreeFormFlowModule
 from ._torch.networks import ResidualMLP, make_network
 from ._torch.priors import StudentTLatent
-from .base import BaseTorchEstimator
+from .base import BaseTorchEstimator, _OverfitGuard
 
 __all__ = ["FreeFormFlow"]
 
@@ -33,6 +33,18 @@ _AUTO_STUDENT_T_MIN_FEATURES = 3
 #: :data:`_MAX_BETA_SCALE` times) beyond it.
 _REFERENCE_VARIANCE_RATIO = 5.0
 _MAX_BETA_SCALE = 10.0
+#: What the ``"auto"`` settings of the networks and the training resolve to, for a density
+#: estimator (unconditional, or conditioned on labels; chosen on the density suite) and for
+#: a posterior estimator (conditioned on continuous ``y``; chosen on
+#: ``benchmarks/bench_sbi.py``). See the class Notes.
+_AUTO_SETTINGS: dict[str, dict[str, Any]] = {
+    "density": {
+        "hidden_features": 128, "n_blocks": 3, "off_data_weight": 0.1, "early_stopping": True,
+    },
+    "posterior": {
+        "hidden_features": 256, "n_blocks": 2, "off_data_weight": 0.0, "early_stopping": False,
+    },
+}
 
 
 class FreeFormFlow(
@@ -65,8 +77,9 @@ class FreeFormFlow(
     hidden_features : int or "auto", default="auto"
         Width of the default residual MLPs. ``"auto"``: 256 for a flow conditioned on
         continuous ``y`` (a posterior estimator; see Notes), 128 otherwise.
-    n_blocks : int, default=3
-        Residual blocks in each default network.
+    n_blocks : int or "auto", default="auto"
+        Residual blocks in each default network. ``"auto"``: 2 for a flow conditioned on
+        continuous ``y``, 3 otherwise.
     beta : float, default=100.0
         Weight of the reconstruction loss, which keeps ``g`` close to ``f^-1``.
     beta_scale : "auto" or float, default="auto"
@@ -84,12 +97,13 @@ class FreeFormFlow(
         them worse (``benchmarks/README.rst``, "Simulation-based inference").
     n_hutchinson : int, default=1
         Hutchinson probe vectors per sample (1 is the reference default).
-    off_data_weight : float, default=0.1
+    off_data_weight : float or "auto", default="auto"
         Weight, relative to ``beta``, of an extra reconstruction loss on points
         ``x + N(0, I)`` (in standardised units) around the data. The exact density uses
         ``g``'s Jacobian at ``f(x)``, which is only right where ``g`` inverts ``f``; nothing
         else constrains them off the data, and thin spurious ridges of density formed there.
-        0 gives the paper's loss.
+        0 gives the paper's loss. ``"auto"``: 0.1, or 0 for a flow conditioned on continuous
+        ``y`` (it did not change the posterior samples and costs a third of each step).
     encoder, decoder : torch.nn.Module, callable or None, default=None
         Custom networks. A module instance is deep-copied at each fit; a callable is
         called as ``factory(n_features, n_features, n_conditions)``. Modules whose
@@ -201,29 +215,31 @@ class FreeFormFlow(
     The defaults were chosen on benchmark suites and checked on data they were not tuned
     on; the runs, and where the defaults still lose, are in ``benchmarks/README.rst``.
     ``beta=100``, width 128, 3 blocks, the cosine schedule, early stopping on the exact
-    validation NLL plus reconstruction and ``off_data_weight=0.1`` come from
-    ``benchmarks/bench_flow.py``; ``batch_size``, ``max_epochs``, ``patience`` and
-    ``latent`` (``"auto"``) from the tuning half of the density suite
-    (``benchmarks/bench_density.py``), checked on its report half: small data sets need
-    small batches and many epochs (about 8000 optimiser steps), and heavy-tailed data a
-    Student-t latent. ``beta_scale="auto"`` comes from the simulation-based inference
+    validation NLL plus reconstruction and an off-data weight of 0.1 (the ``"auto"`` values
+    of a density estimator) come from ``benchmarks/bench_flow.py``; ``batch_size``,
+    ``max_epochs``, ``patience`` and ``latent`` (``"auto"``) from the tuning half of the
+    density suite (``benchmarks/bench_density.py``), checked on its report half: small data
+    sets need small batches and many epochs (about 8000 optimiser steps), and heavy-tailed
+    data a Student-t latent. ``beta_scale="auto"`` comes from the simulation-based inference
     tasks (``benchmarks/bench_sbi.py``). Watch ``valid_reconstruction`` in ``history_``:
     when ``g`` is far from ``f^-1`` the exact density is unreliable; raise ``beta`` then.
 
     As a posterior estimator (conditioned on continuous ``y``: ``theta`` as ``X``, the
     simulations as ``y``) the flow is judged by its samples, which follow the density only
-    as far as ``g`` inverts ``f``. Hence three ``"auto"`` rules there, chosen on
+    as far as ``g`` inverts ``f``. Hence the ``"auto"`` rules there, chosen on
     ``benchmarks/bench_sbi.py``: ``beta`` scaled by the information ``y`` carries
-    (``beta_scale``), width 256 and the whole cosine schedule without early stopping
-    (stopping restored mid-schedule weights whose samples were worse). With them the
-    samples were at least as close to the reference posteriors (C2ST) as those of a neural
-    spline flow trained as neural posterior estimation on all five of the benchmark's
-    tasks at 10 000 simulations, at 5-29 times its fit time. Without early stopping a fit
-    always runs ``max_epochs``: at 10 000 simulations about 11 000 optimiser steps, but with
-    100 000 simulations the 300-epoch floor of ``"auto"`` means about 105 000; pass a smaller
-    ``max_epochs`` (or ``early_stopping=True``) there (not yet benchmarked at that size).
-    With 1 000 simulations the whole schedule overfitted SLCP's density (its samples were
-    unaffected); pass ``early_stopping=True`` when ``score_samples`` matters at that size.
+    (``beta_scale``); wider, shallower networks (width 256, 2 blocks); no off-data term; and
+    the whole cosine schedule without early stopping (stopping restored mid-schedule
+    weights whose samples were worse). With them the samples were at least as close to the
+    reference posteriors (C2ST) as those of a neural spline flow trained as neural
+    posterior estimation on all five of the benchmark's tasks at 10 000 simulations, at
+    3-8 times its fit time on one CPU thread. With 1 000 simulations the whole schedule
+    overfits the density on some tasks (SLCP, Gaussian linear, GLM: validation NLL tens to
+    hundreds of nats above its best); the best epoch is then restored (see
+    ``early_stopping``). Without early stopping a fit always runs ``max_epochs``: at 10 000
+    simulations about 11 000 optimiser steps, but with 100 000 simulations the 300-epoch
+    floor of ``"auto"`` means about 105 000; pass a smaller ``max_epochs`` (or
+    ``early_stopping=True``) there (not yet benchmarked at that size).
 
     References
     ----------
@@ -271,7 +287,9 @@ class FreeFormFlow(
             'bool or "auto"',
             "Stop when the validation loss has not improved for ``patience`` epochs and restore "
             'the best weights. Needs ``validation_fraction > 0``. ``"auto"``: on, except for '
-            "a flow conditioned on continuous ``y``, which trains the whole schedule (see "
+            "a flow conditioned on continuous ``y``, which trains the whole schedule and keeps "
+            "the last weights, unless its validation NLL ended more than a nat per feature "
+            "above its best: then the best epoch's weights are restored, with a warning (see "
             "Notes).",
         ),
     }
@@ -283,11 +301,12 @@ class FreeFormFlow(
         "hidden_features": [Interval(numbers.Integral, 1, None, closed="left"),
                             StrOptions({"auto"})],
         "early_stopping": ["boolean", StrOptions({"auto"})],
-        "n_blocks": [Interval(numbers.Integral, 0, None, closed="left")],
+        "n_blocks": [Interval(numbers.Integral, 0, None, closed="left"), StrOptions({"auto"})],
         "beta": [Interval(numbers.Real, 0, None, closed="neither")],
         "beta_scale": [StrOptions({"auto"}), Interval(numbers.Real, 0, None, closed="neither")],
         "n_hutchinson": [Interval(numbers.Integral, 1, None, closed="left")],
-        "off_data_weight": [Interval(numbers.Real, 0, None, closed="left")],
+        "off_data_weight": [Interval(numbers.Real, 0, None, closed="left"),
+                            StrOptions({"auto"})],
         "check_normalization": ["boolean", StrOptions({"auto"})],
         "renormalize": ["boolean"],
         "latent": [StrOptions({"auto", "normal", "student_t"})],
@@ -301,11 +320,11 @@ class FreeFormFlow(
         self,
         *,
         hidden_features: int | str = "auto",
-        n_blocks: int = 3,
+        n_blocks: int | str = "auto",
         beta: float = 100.0,
         beta_scale: str | float = "auto",
         n_hutchinson: int = 1,
-        off_data_weight: float = 0.1,
+        off_data_weight: float | str = "auto",
         check_normalization: bool | str = "auto",
         renormalize: bool = True,
         latent: str = "auto",
@@ -363,13 +382,15 @@ class FreeFormFlow(
         d, k = X.shape[1], 0 if C is None else C.shape[1]
 
         def default() -> ResidualMLP:
-            return ResidualMLP(d, d, self._width(), self.n_blocks, k, skip=True)
+            return ResidualMLP(d, d, self._auto("hidden_features"), self._auto("n_blocks"), k,
+                               skip=True)
 
         self._set_beta_scale(X, C)
         return FreeFormFlowModule(
             make_network(self.encoder, d, d, k, default=default),
             make_network(self.decoder, d, d, k, default=default),
-            self.beta * self.beta_scale_, self.n_hutchinson, off_data_weight=self.off_data_weight,
+            self.beta * self.beta_scale_, self.n_hutchinson,
+            off_data_weight=self._auto("off_data_weight"),
             latent=StudentTLatent(d) if self._latent_kind(d, C is not None) == "student_t"
             else None,
         )
@@ -378,17 +399,27 @@ class FreeFormFlow(
         """Whether this fit is conditioned on continuous ``y`` (the ``"auto"`` rules)."""
         return self.conditional is not False and self.condition_kind_ == "continuous"
 
-    def _width(self) -> int:
-        """``hidden_features``, with ``"auto"`` resolved."""
-        if self.hidden_features != "auto":
-            return int(self.hidden_features)
-        return 256 if self._posterior_estimator() else 128
+    def _auto(self, name: str) -> Any:
+        """The parameter ``name``, with ``"auto"`` resolved (``_AUTO_SETTINGS``)."""
+        value = getattr(self, name)
+        if isinstance(value, str) and value == "auto":
+            return _AUTO_SETTINGS["posterior" if self._posterior_estimator() else "density"][name]
+        return value
 
     def _early_stopping(self) -> bool:
-        """``early_stopping``, with ``"auto"`` resolved."""
-        if self.early_stopping != "auto":
-            return bool(self.early_stopping)
-        return not self._posterior_estimator()
+        return bool(self._auto("early_stopping"))
+
+    def _make_callbacks(self, n_train_rows: int, has_valid: bool) -> list:
+        callbacks = super()._make_callbacks(n_train_rows, has_valid)
+        if self._early_stopping() or not has_valid or not self._posterior_estimator():
+            return callbacks
+        # the whole schedule is trained, but not into an overfit density: a validation NLL
+        # that ends more than a nat per feature above its best brings the best epoch back
+        guard = _OverfitGuard(
+            "valid_nll", float(self.n_features_in_),
+            "Pass early_stopping=True, or a smaller max_epochs or hidden_features.",
+        )
+        return [*callbacks, ("overfit_guard", guard)]
 
     def _set_beta_scale(self, X: np.ndarray, C: np.ndarray | None) -> None:
         """``beta_scale_`` and ``mutual_information_`` (see ``beta_scale``)."""

@@ -69,22 +69,28 @@ def test_flow_beta_scale_follows_the_information():
 
 
 def test_posterior_estimator_defaults_only_for_continuous_conditions():
-    # conditioned on numbers: width 256 and the whole schedule; otherwise width 128 with
-    # early stopping, as before
+    # conditioned on numbers: width 256, 2 blocks, no off-data term and the whole schedule;
+    # otherwise width 128, 3 blocks, off-data weight 0.1 and early stopping, as before
     rng = np.random.default_rng(5)
     X = rng.standard_normal((200, 2))
     kw = dict(max_epochs=2, random_state=0)
 
-    def width_and_callbacks(flow):
+    def settings(flow):
         names = [name for name, _ in flow.net_.callbacks_]
-        return flow.module_.encoder.inp.weight.shape[0], "early_stopping" in names
+        encoder = flow.module_.encoder
+        return (encoder.inp.weight.shape[0], len(encoder.blocks),
+                flow.module_.off_data_weight, "early_stopping" in names)
 
     posterior = FreeFormFlow(conditional="continuous", **kw).fit(X, X[:, :1])
-    assert width_and_callbacks(posterior) == (256, False)
+    assert settings(posterior) == (256, 2, 0.0, False)
     labels = FreeFormFlow(conditional="categorical", **kw).fit(X, X[:, 0] > 0)
-    assert width_and_callbacks(labels) == (128, True)
+    assert settings(labels) == (128, 3, 0.1, True)
     plain = FreeFormFlow(**kw).fit(X)
-    assert width_and_callbacks(plain) == (128, True)
-    chosen = FreeFormFlow(conditional="continuous", hidden_features=32, early_stopping=True,
-                          **kw).fit(X, X[:, :1])
-    assert width_and_callbacks(chosen) == (32, True)
+    assert settings(plain) == (128, 3, 0.1, True)
+    chosen = FreeFormFlow(conditional="continuous", hidden_features=32, n_blocks=1,
+                          off_data_weight=0.5, early_stopping=True, **kw).fit(X, X[:, :1])
+    assert settings(chosen) == (32, 1, 0.5, True)
+    # the parameters keep "auto"; what was resolved is in the fitted networks
+    assert posterior.get_params()["n_blocks"] == "auto"
+    with pytest.raises(ValueError, match="off_data_weight"):
+        FreeFormFlow(off_data_weight="large").fit(X)
