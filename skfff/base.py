@@ -153,7 +153,7 @@ class _OverfitGuard(Callback):
         self.advice = advice
 
     def initialize(self) -> _OverfitGuard:
-        self.best_, self.best_epoch_, self.state_ = np.inf, 0, None
+        self.best_, self.best_epoch_, self.state_, self.warning_ = np.inf, 0, None, None
         return self
 
     def on_epoch_end(self, net: NeuralNet, **kwargs: Any) -> None:
@@ -164,7 +164,6 @@ class _OverfitGuard(Callback):
 
     def on_train_end(self, net: NeuralNet, **kwargs: Any) -> None:
         final = net.history[-1].get(self.monitor, np.nan)
-        self.warning_ = None
         if self.state_ is not None and not final <= self.best_ + self.tolerance:
             net.module_.load_state_dict(self.state_)
             net.history.record("restored_epoch", self.best_epoch_)
@@ -731,9 +730,13 @@ class BaseTorchEstimator(BaseEstimator):
         """
         if self.max_epochs != "auto":
             return int(self.max_epochs)
-        steps = math.ceil(n_train_rows / self._batch_size(n_train_rows))
         low, high = self._AUTO_EPOCH_RANGE
-        return int(np.clip(math.ceil(self._AUTO_STEPS / steps), low, high))
+        return int(np.clip(math.ceil(self._AUTO_STEPS / self._steps_per_epoch(n_train_rows)),
+                           low, high))
+
+    def _steps_per_epoch(self, n_train_rows: int) -> int:
+        """Optimiser steps in one pass over ``n_train_rows`` rows."""
+        return math.ceil(n_train_rows / self._batch_size(n_train_rows))
 
     def _early_stopping(self) -> bool:
         """Whether this fit stops early (``early_stopping``; a subclass resolves ``"auto"``)."""
@@ -933,11 +936,17 @@ class BaseTorchEstimator(BaseEstimator):
                 stacklevel=4,
             )
         for _, callback in self.net_.callbacks_:
-            if getattr(callback, "warning_", None):
+            if isinstance(callback, _OverfitGuard) and callback.warning_:
                 warnings.warn(callback.warning_, UserWarning, stacklevel=4)
+        restored = history[-1].get("restored_epoch") if history else None
         if history and "valid_loss" in history[-1]:
             losses = [row["valid_loss"] for row in history]
-            kept = np.nanmin(losses) if self._early_stopping() else losses[-1]
+            if self._early_stopping():
+                kept = np.nanmin(losses)
+            elif restored:  # the overfit guard brought an earlier epoch back
+                kept = self.history_[restored - 1]["valid_loss"]
+            else:
+                kept = losses[-1]
         else:
             kept = self._mean_validation_loss({k: v[:4096] for k, v in data.items()})
         if not np.isfinite(kept):

@@ -419,7 +419,7 @@ class FreeFormFlow(
         epochs = super()._epochs(n_train_rows)
         if self.max_epochs != "auto" or not self._posterior_estimator():
             return epochs
-        steps = math.ceil(n_train_rows / self._batch_size(n_train_rows))
+        steps = self._steps_per_epoch(n_train_rows)
         return min(epochs, max(_POSTERIOR_MIN_EPOCHS, math.ceil(_POSTERIOR_STEPS / steps)))
 
     def _make_callbacks(self, n_train_rows: int, has_valid: bool) -> list:
