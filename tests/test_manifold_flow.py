@@ -328,7 +328,7 @@ def test_default_prior_is_the_em_mixture_the_flow_starts_from():
     # density is the mixture fitted by EM (renormalize divides by an integral of ~1)
     flow = ManifoldFreeFormFlow(max_epochs=1, lr=1e-12, **FAST).fit(X)
     assert flow.prior_ == "mixture"
-    assert flow.n_prior_components_ == flow.module_.prior.n_components
+    assert 4 * flow.n_prior_components_ == flow.module_.prior.n_components
     assert flow.n_prior_components_ in flow.prior_selection_
     assert flow.n_prior_components_ == max(flow.prior_selection_,
                                            key=flow.prior_selection_.get)

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+from skfff.datasets import make_vmf_mixture
 from skfff.manifolds import (
     KernelMixture,
     Product,
@@ -113,7 +114,8 @@ def test_rotation_mixture_samples_and_em():
     R = mix.sample(20_000, torch.Generator().manual_seed(0), dtype=torch.float64).numpy()
     np.testing.assert_allclose(R.reshape(-1, 3, 3) @ R.reshape(-1, 3, 3).transpose(0, 2, 1),
                                np.broadcast_to(np.eye(3), (len(R), 3, 3)), atol=1e-10)
-    fitted = fit_kernel_mixture(SpecialOrthogonal(), R[:15_000], 2, random_state=0)
+    fitted = fit_kernel_mixture(SpecialOrthogonal(), R[:15_000], 2, random_state=0,
+                                n_average=1)
     sigma = np.sort(fitted.log_kappa.exp().detach().numpy().ravel() ** -0.5)
     np.testing.assert_allclose(sigma, [0.1, 0.3], rtol=0.05)
     with torch.no_grad():
@@ -137,15 +139,45 @@ def test_em_recovers_a_von_mises_mixture_on_the_torus():
     mix = fit_kernel_mixture(torus, X[:3000], "auto", random_state=0)
     # 4 and 8 components score within 0.002 nats of each other on the held-out rows (8 a
     # hair better); fewer than 3 cannot fit
-    assert mix.n_components in (4, 8)
+    assert mix.components_per_run in (4, 8)
     assert mix.selection[2] < mix.selection[4] - 1.0
-    assert max(mix.selection, key=mix.selection.get) == mix.n_components
+    assert max(mix.selection, key=mix.selection.get) == mix.components_per_run
     truth = np.log(np.mean([np.exp(stats.vonmises.logpdf(angles[3000:], kappa,
                                                           loc=c).sum(1)) for c in centres],
                            axis=0))
     with torch.no_grad():
         fitted = mix.log_prob(torch.tensor(X[3000:], dtype=torch.float32)).numpy()
     assert abs(fitted.mean() - truth.mean()) < 0.05
+
+
+def test_averaged_em_runs_are_one_normalised_mixture():
+    X, _ = make_vmf_mixture(1500, n_components=4, concentration=30.0, random_state=2)
+    single = fit_kernel_mixture(Sphere(2), X, 6, random_state=5, n_average=1)
+    mix = fit_kernel_mixture(Sphere(2), X, 6, random_state=5)
+    assert mix.n_components == 24 and mix.components_per_run == 6
+    # the first run is the single fit; the runs differ (own starts) and weigh 1/4 each
+    np.testing.assert_allclose(mix.raw_means[:6].detach(), single.raw_means.detach())
+    assert not torch.allclose(mix.raw_means[6:12], mix.raw_means[:6])
+    weights = torch.softmax(mix.logits.double(), 0).detach().numpy()
+    np.testing.assert_allclose(weights.reshape(4, 6).sum(1), 0.25, rtol=1e-5)
+    # the density is the mean of the four members' densities ...
+    z = torch.tensor(X[:40], dtype=torch.float32)
+    with torch.no_grad():
+        members = [KernelMixture(["vmf"], mix.centres()[0][6 * r:6 * r + 6],
+                                 mix.log_kappa.exp()[6 * r:6 * r + 6],
+                                 weights[6 * r:6 * r + 6]).log_prob(z) for r in range(4)]
+        np.testing.assert_allclose(mix.log_prob(z),
+                                   torch.logsumexp(torch.stack(members), 0) - math.log(4),
+                                   atol=1e-4)
+        # ... so it integrates to one over the sphere (4 pi times the uniform mean)
+        u = Sphere(2).random_uniform(200_000, torch.Generator().manual_seed(0))
+        integral = 4 * math.pi * mix.log_prob(u).double().exp().mean().item()
+    assert abs(integral - 1.0) < 0.03
+    # reproducible from random_state
+    again = fit_kernel_mixture(Sphere(2), X, 6, random_state=5)
+    torch.testing.assert_close(again.raw_means, mix.raw_means)
+    with pytest.raises(ValueError, match="n_average"):
+        fit_kernel_mixture(Sphere(2), X, 6, n_average=0)
 
 
 def test_repeated_rows_do_not_make_point_masses():
@@ -171,7 +203,8 @@ def test_fit_on_any_small_input(n, n_angles, sphere, components, seed):
     if seed % 3 == 0:
         X[n // 2:] = X[0]  # repeated rows
     mix = fit_kernel_mixture(manifold, X, components, random_state=seed)
-    assert 1 <= mix.n_components <= n
+    assert 1 <= mix.components_per_run <= n
+    assert mix.n_components == 4 * mix.components_per_run
     weights = torch.softmax(mix.logits, 0).detach().numpy()
     np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-6)
     with torch.no_grad():

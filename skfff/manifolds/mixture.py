@@ -58,6 +58,8 @@ AUTO_COMPONENTS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 ROWS_PER_COMPONENT = 10
 #: Share of the rows held out to choose the number of components.
 HOLDOUT_FRACTION = 0.1
+#: EM runs (from different k-means++ starts) averaged into the fitted mixture.
+N_AVERAGE = 4
 
 
 #: Embedding size of each kind of block.
@@ -149,6 +151,8 @@ class KernelMixture(nn.Module):
         self.logits = nn.Parameter(weights.clamp_min(1e-12).log())
         #: Held-out mean log-likelihood of each count tried by fit_kernel_mixture("auto").
         self.selection: dict[int, float] = {}
+        #: Components of each averaged EM run (fit_kernel_mixture's n_average).
+        self.components_per_run = int(means.shape[0])
 
     @property
     def n_components(self) -> int:
@@ -320,6 +324,7 @@ def fit_kernel_mixture(
     X: np.ndarray,
     n_components: int | str = "auto",
     random_state: int | None = 0,
+    n_average: int = N_AVERAGE,
 ) -> KernelMixture:
     """Fit a :class:`KernelMixture` to points ``X`` (in the embedding) by EM.
 
@@ -335,17 +340,27 @@ def fit_kernel_mixture(
         the best mean log-likelihood on the other 10 %, and refits it on all rows.
     random_state : int or None, default=0
         Seeds the held-out split and the k-means++ starts.
+    n_average : int, default=4
+        EM runs on all rows, each from its own k-means++ start, whose mixtures are averaged
+        (each member's weights divided by ``n_average``): the result has
+        ``n_average * n_components`` components.
 
     Returns
     -------
     KernelMixture
-        With the attributes ``n_components`` and ``selection`` (the held-out mean
-        log-likelihood of every count tried, ``{}`` for a given count).
+        With the attributes ``n_components`` (the total), ``components_per_run`` (the
+        selected or given count) and ``selection`` (the held-out mean log-likelihood of every
+        count tried, ``{}`` for a given count).
 
     Notes
     -----
     Every concentration is capped at ``1 / s^2`` with ``s`` the data's nearest-neighbour
-    scale (:func:`_max_kappa`).
+    scale (:func:`_max_kappa`). One EM run lands in one of many local optima, and which
+    one moves the held-out log-likelihood by up to 0.17 nats on the earth data of
+    ``benchmarks/bench_manifold_flow.py``; the average of 4 runs was better than a single
+    run on every data set and seed there (earthquake 0.12 -> 0.01, volcano -0.49 -> -0.90
+    nats, 5 seeds; ``benchmarks/README.rst``), as averaging smooths each run's arbitrary
+    partition of the data.
     """
     blocks = kernel_blocks(manifold)
     if blocks is None:
@@ -359,6 +374,9 @@ def fit_kernel_mixture(
     max_kappa = _max_kappa(X, blocks)
     rng = np.random.default_rng(random_state)
     selection: dict[int, float] = {}
+    if isinstance(n_average, bool) or not isinstance(n_average, int | np.integer) \
+            or n_average < 1:
+        raise ValueError(f"n_average must be a positive integer, got {n_average!r}.")
     if n_components == "auto":
         perm = rng.permutation(len(X))
         n_out = max(1, int(round(HOLDOUT_FRACTION * len(X))))
@@ -371,7 +389,9 @@ def fit_kernel_mixture(
                                            axis=1).mean())
         n_components = max(selection, key=selection.get)
     n_components = int(min(n_components, len(X)))
-    means, kappas, weights = _em(X, blocks, slices, n_components, rng, max_kappa)
-    mixture = KernelMixture(blocks, means, kappas, weights)
+    runs = [_em(X, blocks, slices, n_components, rng, max_kappa) for _ in range(n_average)]
+    means, kappas, weights = (np.concatenate(part) for part in zip(*runs, strict=True))
+    mixture = KernelMixture(blocks, means, kappas, weights / n_average)
     mixture.selection = selection
+    mixture.components_per_run = n_components
     return mixture
