@@ -528,7 +528,11 @@ class BaseTorchEstimator(BaseEstimator):
         raise NotImplementedError
 
     def _build_module(self, X: np.ndarray, C: np.ndarray | None) -> TrainingModule:
-        """Return a fresh, untrained :class:`TrainingModule` for the training arrays."""
+        """Return a fresh, untrained :class:`TrainingModule` for the training arrays.
+
+        ``X`` and ``C`` are the rows trained on: the validation rows of early stopping are
+        left out, so that what the module fits to the data at build time (a prior, an input
+        scaling) has not seen the rows it is judged on."""
         raise NotImplementedError
 
     def _after_fit(self, X: np.ndarray, C: np.ndarray | None, y: Any) -> None:
@@ -822,9 +826,14 @@ class BaseTorchEstimator(BaseEstimator):
         fork_devices = []
         if device.type == "cuda":  # the generator of the device actually used
             fork_devices = [torch.cuda.current_device() if device.index is None else device.index]
+        split = (ValidSplit(cv=n_valid / n, stratified=False, random_state=seed)
+                 if has_valid else None)
         with torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(seed)
-            module = self._build_module(X, data.get("c"))
+            # the hook sees the training rows only: a prior or scaling fitted to the data
+            # must not have seen the rows that early stopping judges it on
+            rows = split(X)[0].indices if has_valid else slice(None)
+            module = self._build_module(X[rows], None if C is None else data["c"][rows])
             net = _SurrogateNet(
                 module=module,
                 criterion=_NoCriterion,
@@ -838,11 +847,7 @@ class BaseTorchEstimator(BaseEstimator):
                 iterator_train__collate_fn=_batch_collate,
                 iterator_valid__collate_fn=_batch_collate,
                 dataset=_ArrayDataset,
-                train_split=(
-                    ValidSplit(cv=n_valid / n, stratified=False, random_state=seed)
-                    if has_valid
-                    else None
-                ),
+                train_split=split,
                 callbacks=self._make_callbacks(n - n_valid, has_valid),
                 verbose=1 if self.verbose and self.verbose > 1 else 0,
                 device=str(device),
