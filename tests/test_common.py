@@ -151,18 +151,6 @@ EXPECTED_FAILED_CHECKS: dict[str, dict[str, str]] = {
             "casts random data to integers, which makes all-zero rows: the origin has no "
             "projection onto the sphere, so fit rightly raises a ValueError"
         ),
-        "check_methods_subset_invariance": (
-            "float32 networks: the encoder's output rounds differently (~1 ulp) for a subset "
-            "than for the full batch, and the fitted mixture latent's concentrations amplify "
-            "that to ~1e-7-1e-6 in the log-density; the check demands 1e-7. Tested to 1e-5 "
-            "in test_manifold_flow.py::test_default_prior_is_the_em_mixture_the_flow_starts_from"
-        ),
-    },
-    "MLAutoencoder": {
-        "check_methods_subset_invariance": (
-            "float32 networks: a batched matmul may round differently (~1e-7 relative) for a "
-            "subset than for the full batch; the check demands agreement to 1e-7"
-        ),
     },
     "DirichletLatentClassifier": {
         "check_dont_overwrite_parameters": _N1,
@@ -174,6 +162,26 @@ EXPECTED_FAILED_CHECKS: dict[str, dict[str, str]] = {
         "check_decision_proba_consistency": (
             "the check passes negative X although the estimator is tagged positive_only; "
             "consistency is tested in test_dirichlet.py::test_classifier_outputs_are_consistent"
+        ),
+    },
+}
+
+# Checks that pass or fail by float32 rounding alone, depending on the fitted weights and the
+# CPU's kernels: a failure there is an expected one only when it is a tolerance failure.
+ROUNDING_CHECKS: dict[str, dict[str, str]] = {
+    "ManifoldFreeFormFlow": {
+        "check_methods_subset_invariance": (
+            "float32 networks: the encoder's output may round differently (~1 ulp) for a "
+            "subset than for the full batch, and the fitted mixture latent's concentrations "
+            "amplify that to ~1e-7-1e-6 in the log-density; the check demands 1e-7. Tested "
+            "to 1e-5 in "
+            "test_manifold_flow.py::test_default_prior_is_the_em_mixture_the_flow_starts_from"
+        ),
+    },
+    "MLAutoencoder": {
+        "check_methods_subset_invariance": (
+            "float32 networks: a batched matmul may round differently (~1e-7 relative) for a "
+            "subset than for the full batch; the check demands agreement to 1e-7"
         ),
     },
 }
@@ -204,7 +212,17 @@ _STRICT = (
 
 @parametrize_with_checks(_CHECKED, expected_failed_checks=_expected_failed_checks, **_STRICT)
 def test_sklearn_compatible(estimator, check):
-    check(estimator)
+    reason = ROUNDING_CHECKS.get(type(estimator).__name__, {}).get(
+        getattr(check, "func", check).__name__)
+    if reason is None:
+        check(estimator)
+        return
+    try:
+        check(estimator)
+    except AssertionError as err:
+        if "Not equal to tolerance" not in str(err):
+            raise
+        pytest.xfail(reason)
 
 
 # ----------------------------------------------------------------- persistence
