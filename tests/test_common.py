@@ -303,6 +303,29 @@ def test_warm_start_continues_from_the_fitted_weights(name):
     assert cold.n_iter_ == len(cold.history_) == 2  # a fresh start, a fresh history
 
 
+# ----------------------------------------------------------------- validation rows
+@pytest.mark.parametrize("name", TORCH_NAMES)
+def test_the_module_is_built_from_the_training_rows_only(name, monkeypatch):
+    # what a module fits to the data when it is built (a prior, an input scaling) must not
+    # have seen the rows early stopping judges it on: those of skorch's own split
+    X, y = make_data(name)
+    cls = getattr(skfff, name)
+    build, seen = cls._build_module, []
+
+    def spy(self: Any, X_: np.ndarray, C: Any) -> Any:
+        seen.append(np.array(X_))
+        return build(self, X_, C)
+
+    monkeypatch.setattr(cls, "_build_module", spy)
+    est = make_estimator(name, validation_fraction=0.25, early_stopping=True,
+                         max_epochs=1).fit(X, y)
+    train, valid = est.net_.train_split(np.arange(len(X)))
+    assert len(seen) == 1 and len(valid.indices) == 15
+    assert len(seen[0]) == len(train.indices) == len(X) - 15
+    if name == "ManifoldFreeFormFlow":  # its training arrays are the rows themselves
+        np.testing.assert_allclose(seen[0], X[train.indices], atol=1e-6)
+
+
 # ----------------------------------------------------------------- devices
 @pytest.mark.parametrize("name", TORCH_NAMES)
 def test_asking_for_cuda_without_a_gpu_is_a_clear_error(name, monkeypatch):
