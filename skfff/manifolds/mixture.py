@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from numbers import Integral
 
 import numpy as np
 import torch
@@ -362,6 +363,8 @@ def fit_kernel_mixture(
     nats, 5 seeds; ``benchmarks/README.rst``), as averaging smooths each run's arbitrary
     partition of the data.
     """
+    if isinstance(n_average, bool) or not isinstance(n_average, Integral) or n_average < 1:
+        raise ValueError(f"n_average must be a positive integer, got {n_average!r}.")
     blocks = kernel_blocks(manifold)
     if blocks is None:
         raise ValueError(f"No kernel mixture on {manifold!r}: only S^1, S^2, tori, SO(3) "
@@ -374,9 +377,6 @@ def fit_kernel_mixture(
     max_kappa = _max_kappa(X, blocks)
     rng = np.random.default_rng(random_state)
     selection: dict[int, float] = {}
-    if isinstance(n_average, bool) or not isinstance(n_average, int | np.integer) \
-            or n_average < 1:
-        raise ValueError(f"n_average must be a positive integer, got {n_average!r}.")
     if n_components == "auto":
         perm = rng.permutation(len(X))
         n_out = max(1, int(round(HOLDOUT_FRACTION * len(X))))
