@@ -35,6 +35,8 @@ import torch.distributed as dist
 from skorch.callbacks import Callback
 from torch.utils.data import Subset
 
+from ._checks import check_integer
+
 __all__ = [
     "DataParallelInfo",
     "TorchThreads",  # noqa: F822 (built on first use, see __getattr__)
@@ -397,10 +399,8 @@ def _make_torch_threads() -> type:
         def __init__(self, n_threads: int | None = None) -> None:
             if WorkerPlugin is None:
                 raise ImportError('TorchThreads needs Dask: pip install "dask[distributed]"')
-            if n_threads is not None and (
-                not isinstance(n_threads, numbers.Integral) or n_threads < 1
-            ):
-                raise ValueError(f"n_threads must be a positive integer, got {n_threads!r}")
+            if n_threads is not None:
+                check_integer(n_threads, "n_threads")
             self.n_threads = n_threads
 
         def setup(self, worker: Any) -> None:

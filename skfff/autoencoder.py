@@ -11,6 +11,7 @@ from sklearn.base import ClassNamePrefixFeaturesOutMixin, DensityMixin, Transfor
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ._checks import check_integer
 from ._torch.mlae import MLAEModule
 from ._torch.networks import ResidualMLP, make_network
 from .base import BaseTorchEstimator
@@ -317,7 +318,7 @@ class MLAutoencoder(
         X : ndarray of shape (n_samples, n_features)
         """
         check_is_fitted(self)
-        self._check_n_samples(n_samples)
+        check_integer(n_samples, "n_samples")
         z = self._randn((n_samples, self.n_components), random_state)
         return self._map_batches(self.module_.decode, z) * self.scale_ + self.mean_
 

@@ -647,12 +647,6 @@ class BaseTorchEstimator(BaseEstimator):
             )
         return Z
 
-    @staticmethod
-    def _check_n_samples(n_samples: Any, name: str = "n_samples", minimum: int = 1) -> None:
-        if not isinstance(n_samples, numbers.Integral) or n_samples < minimum:
-            what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-            raise ValueError(f"{name} must be {what}, got {n_samples!r}")
-
     def _seed(self, random_state: Any = None) -> int:
         rs = self.random_state if random_state is None else random_state
         return int(check_random_state(rs).randint(np.iinfo(np.int32).max))

@@ -29,6 +29,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ._checks import check_integer
 from ._fermat_calibration import StraightnessCalibration, fit_straightness_calibration
 from ._fermat_device import density_device, modules_to_cpu
 from ._graph import (
@@ -650,8 +651,7 @@ class FermatDistance(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEsti
             raise ValueError(f"mode must be 'distance' or 'connectivity'; got {mode!r}.")
         k = self.n_neighbors if n_neighbors is None else n_neighbors
         n_fit = self.X_fit_.shape[0]
-        if not isinstance(k, Integral) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"n_neighbors must be a positive integer; got {k!r}.")
+        check_integer(k, "n_neighbors")
         limit = n_fit - 1 if X is None else n_fit
         if k > limit:
             raise ValueError(

@@ -15,6 +15,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from ._checks import check_integer
 from ._conditioning import ConditionalMixin
 from ._mutual_information import mutual_information
 from ._normalization import TwoDensities, importance_integral
@@ -559,7 +560,7 @@ class FreeFormFlow(
         X : ndarray of shape (n_samples, n_features)
         """
         check_is_fitted(self)
-        self._check_n_samples(n_samples)
+        check_integer(n_samples, "n_samples")
         C = self._conditions(y, n_samples)
         rng = check_random_state(random_state)
         if bounds is None:
@@ -623,7 +624,7 @@ class FreeFormFlow(
             Its standard error.
         """
         check_is_fitted(self)
-        self._check_n_samples(n_points, "n_points", minimum=2)
+        check_integer(n_points, "n_points", minimum=2)
         estimate, stderr = self._integral(self._via(), int(n_points), random_state, y)
         scale = math.exp(-self.log_normalizer_)
         return estimate * scale, stderr * scale

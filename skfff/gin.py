@@ -22,6 +22,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 from skorch.callbacks import Callback
 
+from ._checks import check_integer
 from ._torch.gin import ConvGINFlow, GINFlow, GINTrainingModule
 from ._torch.networks import make_network
 from ._torch.priors import ClassConditionalGaussian, diagonal_gaussian_log_prob
@@ -597,7 +598,7 @@ class GINTransformer(
         X : ndarray of shape (n_samples, n_features)
         """
         check_is_fitted(self, "net_")
-        self._check_n_samples(n_samples)
+        check_integer(n_samples, "n_samples")
         rng = check_random_state(random_state)
         if y is None:
             codes = rng.choice(len(self.class_weights_), size=n_samples, p=self.class_weights_)

@@ -16,6 +16,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted
 from skorch.callbacks import Callback
 
+from ._checks import check_integer
 from ._conditioning import ConditionalMixin
 from ._normalization import TwoDensities
 from ._torch.mfff import ManifoldFreeFormFlowModule
@@ -718,7 +719,7 @@ class ManifoldFreeFormFlow(
             Points on the manifold (projected in float64), in the input convention.
         """
         check_is_fitted(self)
-        self._check_n_samples(n_samples)
+        check_integer(n_samples, "n_samples")
         C = self._conditions(y, n_samples)
         seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
         gen = torch.Generator().manual_seed(seed)
@@ -762,7 +763,7 @@ class ManifoldFreeFormFlow(
             ``V exp(score_samples(U))`` divided by ``sqrt(n_points)``).
         """
         check_is_fitted(self)
-        self._check_n_samples(n_points, "n_points", minimum=2)
+        check_integer(n_points, "n_points", minimum=2)
         if proposal not in ("kernel", "uniform"):
             raise ValueError(f"proposal must be 'kernel' or 'uniform', got {proposal!r}")
         estimate, stderr = self._integral(self._via(), int(n_points), random_state, y,

@@ -6,6 +6,9 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.base import BaseEstimator, clone
 
 import skfff
@@ -73,3 +76,29 @@ def test_demo_flow_beats_a_single_gaussian(tmp_path, capsys):
     flow = table["FreeFormFlow"][0]
     assert single + 0.3 < flow < truth + 0.05  # learnt the modes; no better than the truth
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+@given(value=st.one_of(st.integers(-3, 0), st.booleans(), st.floats(-2, 5),
+                       st.text(max_size=2), st.none()))
+@settings(max_examples=40, deadline=None)
+def test_integer_arguments_are_checked_alike(value):
+    """Every call-time integer argument rejects bools, floats, strings and values below its
+    minimum with the same message (one check, ``skfff._checks.check_integer``)."""
+    from skfff._checks import check_integer
+    from skfff.datasets import make_jet_images, make_nonlinear_ica
+    from skfff.manifolds import Sphere
+    from skfff.manifolds.mixture import fit_kernel_mixture
+
+    X = Sphere(2).random_uniform(20, generator=torch.Generator().manual_seed(0)).numpy()
+    calls = [
+        ("n_samples", lambda v: check_integer(v, "n_samples")),
+        ("n_samples", lambda v: make_jet_images(v, image_size=4)),
+        ("n_samples", lambda v: make_nonlinear_ica(v)),
+        ("n_average", lambda v: fit_kernel_mixture(Sphere(2), X, n_average=v)),
+    ]
+    for name, call in calls:
+        with pytest.raises(ValueError, match=f"{name} must be a positive integer, got"):
+            call(value)
+    assert check_integer(np.int64(3), "n") == 3 and type(check_integer(np.int64(3), "n")) is int
+    with pytest.raises(ValueError, match="image_size must be an integer >= 2, got 1"):
+        make_jet_images(10, image_size=1)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from sklearn.utils import check_random_state
 
+from .._checks import check_integer
 from .._torch.gin import GINFlow
 
 __all__ = ["make_nonlinear_ica"]
@@ -72,11 +73,8 @@ def make_nonlinear_ica(
     >>> X.shape, y.shape, latents.shape
     ((500, 10), (500,), (500, 10))
     """
-    n_samples = int(n_samples)
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be positive, got {n_samples}.")
-    if n_clusters < 1:
-        raise ValueError(f"n_clusters must be positive, got {n_clusters}.")
+    n_samples = check_integer(n_samples, "n_samples")
+    check_integer(n_clusters, "n_clusters")
     if not 1 <= n_informative <= n_features or n_features < 2:
         raise ValueError(
             "Need 1 <= n_informative <= n_features and n_features >= 2, got "

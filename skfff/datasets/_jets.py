@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.utils import check_random_state
 
+from .._checks import check_integer
+
 __all__ = ["make_jet_images"]
 
 # Half-width of the image in the (eta, phi) plane, in units of the jet radius R = 0.8.
@@ -155,12 +157,10 @@ def make_jet_images(
     >>> X.shape, int(y.sum())
     ((200, 400), 20)
     """
-    if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
-        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
+    check_integer(n_samples, "n_samples")
     if not 0.0 <= float(signal_fraction) <= 1.0:
         raise ValueError(f"signal_fraction must be in [0, 1], got {signal_fraction!r}.")
-    if not isinstance(image_size, (int, np.integer)) or image_size < 2:
-        raise ValueError(f"image_size must be an integer >= 2, got {image_size!r}.")
+    check_integer(image_size, "image_size", minimum=2)
     if signal not in ("top", "qcd"):
         raise ValueError(f"signal must be 'top' or 'qcd', got {signal!r}.")
     rng = check_random_state(random_state)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from numbers import Integral
 
 import numpy as np
 import torch
@@ -38,6 +37,7 @@ from scipy.special import i0e, logsumexp
 from sklearn.neighbors import NearestNeighbors
 from torch import nn
 
+from .._checks import check_integer
 from .base import Manifold
 from .distributions import sample_vmf_s2
 from .product import Product
@@ -79,6 +79,12 @@ def kernel_kind(factor: Manifold) -> str | None:
     if isinstance(factor, SpecialOrthogonal):
         return "so3"
     return None
+
+
+def block_slices(blocks: Sequence[str]) -> list[slice]:
+    """The columns of each block of the embedding, in order (``BLOCK_SIZE`` columns each)."""
+    ends = np.cumsum([BLOCK_SIZE[kind] for kind in blocks], dtype=int).tolist()
+    return [slice(end - BLOCK_SIZE[kind], end) for kind, end in zip(blocks, ends, strict=True)]
 
 
 def kernel_blocks(manifold: Manifold) -> list[str] | None:
@@ -137,11 +143,8 @@ class KernelMixture(nn.Module):
         self.blocks = list(blocks)
         if any(b not in BLOCK_SIZE for b in self.blocks):
             raise ValueError(f"blocks must be among {sorted(BLOCK_SIZE)}, got {self.blocks}")
-        self.slices = []
-        start = 0
-        for b in self.blocks:
-            self.slices.append(slice(start, start + BLOCK_SIZE[b]))
-            start += BLOCK_SIZE[b]
+        self.slices = block_slices(self.blocks)
+        start = self.slices[-1].stop if self.slices else 0
         means = torch.as_tensor(np.asarray(means), dtype=torch.float32)
         kappas = torch.as_tensor(np.asarray(kappas), dtype=torch.float32)
         weights = torch.as_tensor(np.asarray(weights), dtype=torch.float32)
@@ -363,17 +366,13 @@ def fit_kernel_mixture(
     nats, 5 seeds; ``benchmarks/README.rst``), as averaging smooths each run's arbitrary
     partition of the data.
     """
-    if isinstance(n_average, bool) or not isinstance(n_average, Integral) or n_average < 1:
-        raise ValueError(f"n_average must be a positive integer, got {n_average!r}.")
+    check_integer(n_average, "n_average")
     blocks = kernel_blocks(manifold)
     if blocks is None:
         raise ValueError(f"No kernel mixture on {manifold!r}: only S^1, S^2, tori, SO(3) "
                          "and their products are supported.")
     X = np.asarray(X, dtype=np.float64)
-    slices, start = [], 0
-    for kind in blocks:
-        slices.append(slice(start, start + BLOCK_SIZE[kind]))
-        start += BLOCK_SIZE[kind]
+    slices = block_slices(blocks)
     max_kappa = _max_kappa(X, blocks)
     rng = np.random.default_rng(random_state)
     selection: dict[int, float] = {}
