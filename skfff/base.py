@@ -714,23 +714,35 @@ class BaseTorchEstimator(BaseEstimator):
         """
         return "valid_loss" if has_valid else "train_loss"
 
-    #: ``max_epochs="auto"`` (where a subclass accepts it): the epochs that give about this
-    #: many optimiser steps, within :attr:`_AUTO_EPOCH_RANGE`.
+    #: ``max_epochs="auto"`` (where a subclass accepts it): the epochs that give about
+    #: :attr:`_AUTO_STEPS` optimiser steps, within :attr:`_AUTO_EPOCH_RANGE`, but no more
+    #: than about :meth:`_auto_max_steps` steps (at least :attr:`_AUTO_MIN_EPOCHS` epochs),
+    #: so that the time of a fit stops growing with the rows of a large data set.
     _AUTO_STEPS: int = 8000
     _AUTO_EPOCH_RANGE: tuple[int, int] = (300, 1000)
+    _AUTO_MAX_STEPS: int = 24_000
+    _AUTO_MIN_EPOCHS: int = 30
+
+    def _auto_max_steps(self) -> int:
+        """The most optimiser steps ``max_epochs="auto"`` gives (a subclass may vary it)."""
+        return self._AUTO_MAX_STEPS
 
     def _epochs(self, n_train_rows: int) -> int:
         """``max_epochs`` for ``n_train_rows`` training rows (``"auto"`` resolved).
 
         ``"auto"`` counts optimiser steps, not passes: ``ceil(_AUTO_STEPS / steps per
         epoch)`` clipped to :attr:`_AUTO_EPOCH_RANGE`, so small data sets, whose epochs
-        are a few steps each, still train long enough.
+        are a few steps each, still train long enough; then at most
+        ``ceil(_auto_max_steps() / steps per epoch)`` epochs (but :attr:`_AUTO_MIN_EPOCHS`),
+        so large ones do not train for ever.
         """
         if self.max_epochs != "auto":
             return int(self.max_epochs)
+        steps = self._steps_per_epoch(n_train_rows)
         low, high = self._AUTO_EPOCH_RANGE
-        return int(np.clip(math.ceil(self._AUTO_STEPS / self._steps_per_epoch(n_train_rows)),
-                           low, high))
+        epochs = int(np.clip(math.ceil(self._AUTO_STEPS / steps), low, high))
+        cap = max(self._AUTO_MIN_EPOCHS, math.ceil(self._auto_max_steps() / steps))
+        return min(epochs, cap)
 
     def _steps_per_epoch(self, n_train_rows: int) -> int:
         """Optimiser steps in one pass over ``n_train_rows`` rows."""

@@ -48,9 +48,8 @@ _AUTO_SETTINGS: dict[str, dict[str, Any]] = {
 }
 #: ``max_epochs="auto"`` of a posterior estimator: at most the epochs that give about this
 #: many optimiser steps (what the density rule gives at 10 000 simulations: 300 epochs of 36
-#: batches), at least :data:`_POSTERIOR_MIN_EPOCHS`; never more than the density rule.
+#: batches), at least 30 (``_AUTO_MIN_EPOCHS``); never more than the density rule.
 _POSTERIOR_STEPS = 10_800
-_POSTERIOR_MIN_EPOCHS = 30
 
 
 class FreeFormFlow(
@@ -225,10 +224,12 @@ class FreeFormFlow(
     of a density estimator) come from ``benchmarks/bench_flow.py``; ``batch_size``,
     ``max_epochs``, ``patience`` and ``latent`` (``"auto"``) from the tuning half of the
     density suite (``benchmarks/bench_density.py``), checked on its report half: small data
-    sets need small batches and many epochs (about 8000 optimiser steps), and heavy-tailed
-    data a Student-t latent. ``beta_scale="auto"`` comes from the simulation-based inference
-    tasks (``benchmarks/bench_sbi.py``). Watch ``valid_reconstruction`` in ``history_``:
-    when ``g`` is far from ``f^-1`` the exact density is unreliable; raise ``beta`` then.
+    sets need small batches and many epochs (about 8000 optimiser steps), large ones no
+    more than about 24 000 steps (at 50 000 rows: 0.025 nats for 2.2x less time, the
+    scaling table there), and heavy-tailed data a Student-t latent. ``beta_scale="auto"``
+    comes from the simulation-based inference tasks (``benchmarks/bench_sbi.py``). Watch
+    ``valid_reconstruction`` in ``history_``: when ``g`` is far from ``f^-1`` the exact
+    density is unreliable; raise ``beta`` then.
 
     As a posterior estimator (conditioned on continuous ``y``: ``theta`` as ``X``, the
     simulations as ``y``) the flow is judged by its samples, which follow the density only
@@ -282,8 +283,10 @@ class FreeFormFlow(
             "Maximum number of passes over the training data (the cosine schedule spans "
             'them). ``"auto"``: enough epochs for about 8000 optimiser steps, between 300 and '
             '1000 (with the ``"auto"`` batch size: 889-1000 up to 2300 rows, 445 at 5000, 300 '
-            "from 7600 rows up); for a flow conditioned on continuous ``y``, no more than "
-            "about 10 800 steps from 9 200 training rows up (31 epochs at 90 000), at least 30.",
+            "from 7600 rows up), but no more than about 24 000 steps, which caps it from about "
+            "22 800 rows up (137 epochs at 50 000 rows, at least 30); for a flow conditioned on "
+            "continuous ``y``, no more than about 10 800 steps from 9 200 training rows up (31 "
+            "epochs at 90 000), at least 30.",
         ),
         "patience": (
             'int or "auto"',
@@ -416,12 +419,8 @@ class FreeFormFlow(
     def _early_stopping(self) -> bool:
         return bool(self._auto("early_stopping"))
 
-    def _epochs(self, n_train_rows: int) -> int:
-        epochs = super()._epochs(n_train_rows)
-        if self.max_epochs != "auto" or not self._posterior_estimator():
-            return epochs
-        steps = self._steps_per_epoch(n_train_rows)
-        return min(epochs, max(_POSTERIOR_MIN_EPOCHS, math.ceil(_POSTERIOR_STEPS / steps)))
+    def _auto_max_steps(self) -> int:
+        return _POSTERIOR_STEPS if self._posterior_estimator() else super()._auto_max_steps()
 
     def _make_callbacks(self, n_train_rows: int, has_valid: bool) -> list:
         callbacks = super()._make_callbacks(n_train_rows, has_valid)

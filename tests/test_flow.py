@@ -406,7 +406,9 @@ def test_auto_epochs_count_optimiser_steps():
     assert flow._epochs(450) == 889
     assert flow._patience(889) == 296
     assert flow._epochs(4500) == 445  # batches of 256, 18 steps
-    assert flow._epochs(45_000) == 300  # floor
+    assert flow._epochs(9_000) == 300  # floor (36 steps an epoch)
+    assert flow._epochs(45_000) == 137  # at most about 24 000 steps: ceil(24000 / 176)
+    assert flow._epochs(10_000_000) == 30  # but at least 30 epochs
     assert flow._epochs(20) == 1000  # cap
     assert flow._patience(90) == 50  # floor of the automatic patience
     fixed = FreeFormFlow(max_epochs=7, patience=3)
