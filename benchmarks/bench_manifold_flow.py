@@ -108,6 +108,10 @@ def fit_kde(score, train, valid, grid):
     return best, (lambda X: score(X, train, best))
 
 
+#: Batch size of the earth fits.
+EARTH_BATCH = 64
+
+
 def split(n, seed):
     perm = np.random.default_rng(seed).permutation(n)
     a, b = int(0.8 * n), int(0.9 * n)
@@ -210,14 +214,15 @@ def earth(names, budget, seeds, beta_scale="auto", min_steps=0, patience=30):
         rows = {k: [] for k in ("nll", "honest", "kde", "int", "se", "kint", "raw", "fit", "scale",
                                  "encoder", "decoder")}
         epochs = min(300, math.ceil(budget / (0.9 * len(X))))
-        # at least min_steps optimiser steps (batches of 64 on the 80 % training rows)
-        epochs = min(1000, max(epochs, math.ceil(min_steps / math.ceil(0.8 * len(X) / 64))))
+        # at least min_steps optimiser steps (batches of EARTH_BATCH on the training rows)
+        steps = math.ceil(len(split(len(X), 0)[0]) / EARTH_BATCH)
+        epochs = min(1000, max(epochs, math.ceil(min_steps / steps)))
         for seed in seeds:
             tr, va, te = split(len(X), seed)
             t = time.perf_counter()
             flow = ManifoldFreeFormFlow(
                 "sphere", max_epochs=epochs,
-                batch_size=64, validation_fraction=1 / 9, beta_scale=beta_scale,
+                batch_size=EARTH_BATCH, validation_fraction=1 / 9, beta_scale=beta_scale,
                 patience=patience,
                 random_state=seed,
             ).fit(X[np.concatenate([tr, va])])

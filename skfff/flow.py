@@ -623,8 +623,8 @@ class FreeFormFlow(
             Its standard error.
         """
         check_is_fitted(self)
-        check_integer(n_points, "n_points", minimum=2)
-        estimate, stderr = self._integral(self._via(), int(n_points), random_state, y)
+        n_points = check_integer(n_points, "n_points", minimum=2)
+        estimate, stderr = self._integral(self._via(), n_points, random_state, y)
         scale = math.exp(-self.log_normalizer_)
         return estimate * scale, stderr * scale
 

@@ -763,10 +763,10 @@ class ManifoldFreeFormFlow(
             ``V exp(score_samples(U))`` divided by ``sqrt(n_points)``).
         """
         check_is_fitted(self)
-        check_integer(n_points, "n_points", minimum=2)
+        n_points = check_integer(n_points, "n_points", minimum=2)
         if proposal not in ("kernel", "uniform"):
             raise ValueError(f"proposal must be 'kernel' or 'uniform', got {proposal!r}")
-        estimate, stderr = self._integral(self._via(), int(n_points), random_state, y,
+        estimate, stderr = self._integral(self._via(), n_points, random_state, y,
                                           proposal)
         scale = math.exp(-self.log_normalizer_)
         return estimate * scale, stderr * scale
