@@ -752,7 +752,7 @@ class BaseTorchEstimator(BaseEstimator):
         """Whether this fit stops early (``early_stopping``; a subclass resolves ``"auto"``)."""
         return bool(self.early_stopping)
 
-    def _patience(self, max_epochs: int) -> int:
+    def _patience(self, max_epochs: int, n_train_rows: int) -> int:
         """``patience`` (``"auto"``: a third of ``max_epochs``, at least 50)."""
         if self.patience == "auto":
             return max(max_epochs // 3, 50)
@@ -760,7 +760,7 @@ class BaseTorchEstimator(BaseEstimator):
 
     def _make_callbacks(self, n_train_rows: int, has_valid: bool) -> list[tuple[str, Callback]]:
         max_epochs = self._epochs(n_train_rows)
-        patience = self._patience(max_epochs)
+        patience = self._patience(max_epochs, n_train_rows)
         cbs: list[tuple[str, Callback]] = [("epoch_metrics", _EpochMetrics())]
         if self.lr_schedule == "plateau":
             cbs.append((

@@ -86,7 +86,7 @@ def test_integer_arguments_are_checked_alike(value):
     minimum with the same message (one check, ``skfff._checks.check_integer``)."""
     from skfff._checks import check_integer
     from skfff.datasets import make_jet_images, make_nonlinear_ica
-    from skfff.manifolds import Sphere
+    from skfff.manifolds import Sphere, Torus
     from skfff.manifolds.mixture import fit_kernel_mixture
 
     X = Sphere(2).random_uniform(20, generator=torch.Generator().manual_seed(0)).numpy()
@@ -95,6 +95,8 @@ def test_integer_arguments_are_checked_alike(value):
         ("n_samples", lambda v: make_jet_images(v, image_size=4)),
         ("n_samples", lambda v: make_nonlinear_ica(v)),
         ("n_average", lambda v: fit_kernel_mixture(Sphere(2), X, n_average=v)),
+        ("Sphere's intrinsic dimension n", Sphere),
+        ("Torus's number of angles n", Torus),
     ]
     for name, call in calls:
         with pytest.raises(ValueError, match=f"{name} must be a positive integer, got"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .._checks import check_integer
 from .base import Manifold, log_sphere_volume
 
 __all__ = ["Sphere", "latlon_to_unit", "unit_to_latlon"]
@@ -38,9 +39,7 @@ class Sphere(Manifold):
     """
 
     def __init__(self, n: int = 2):
-        if int(n) != n or n < 1:
-            raise ValueError(f"Sphere needs an intrinsic dimension n >= 1, got {n!r}.")
-        self.dim = int(n)
+        self.dim = check_integer(n, "Sphere's intrinsic dimension n")
         self.ambient_dim = self.dim + 1
         self.n_coordinates = self.ambient_dim
 

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import torch
 
+from .._checks import check_integer
 from .base import Manifold
 
 __all__ = ["Torus"]
@@ -36,9 +37,7 @@ class Torus(Manifold):
     """
 
     def __init__(self, n: int = 2):
-        if int(n) != n or n < 1:
-            raise ValueError(f"Torus needs n >= 1 angles, got {n!r}.")
-        self.dim = int(n)
+        self.dim = check_integer(n, "Torus's number of angles n")
         self.ambient_dim = 2 * self.dim
         self.n_coordinates = self.dim
 
