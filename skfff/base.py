@@ -753,10 +753,14 @@ class BaseTorchEstimator(BaseEstimator):
         return bool(self.early_stopping)
 
     def _patience(self, max_epochs: int, n_train_rows: int) -> int:
-        """``patience`` (``"auto"``: a third of ``max_epochs``, at least 50)."""
+        """``patience`` (``"auto"`` resolved by :meth:`_auto_patience`)."""
         if self.patience == "auto":
-            return max(max_epochs // 3, 50)
+            return self._auto_patience(max_epochs, n_train_rows)
         return int(self.patience)
+
+    def _auto_patience(self, max_epochs: int, n_train_rows: int) -> int:
+        """``patience="auto"``: a third of ``max_epochs``, at least 50 (a subclass may vary it)."""
+        return max(max_epochs // 3, 50)
 
     def _make_callbacks(self, n_train_rows: int, has_valid: bool) -> list[tuple[str, Callback]]:
         max_epochs = self._epochs(n_train_rows)

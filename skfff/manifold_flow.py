@@ -527,12 +527,10 @@ class ManifoldFreeFormFlow(
         self.decoder = decoder
         self.conditional = conditional
 
-    def _patience(self, max_epochs: int, n_train_rows: int) -> int:
-        """``patience`` (``"auto"``: about ``_AUTO_PATIENCE_STEPS`` optimiser steps)."""
-        if self.patience == "auto":
-            steps = self._steps_per_epoch(n_train_rows)
-            return max(math.ceil(self._AUTO_PATIENCE_STEPS / steps), self._AUTO_MIN_PATIENCE)
-        return int(self.patience)
+    def _auto_patience(self, max_epochs: int, n_train_rows: int) -> int:
+        """About ``_AUTO_PATIENCE_STEPS`` optimiser steps, at least ``_AUTO_MIN_PATIENCE``."""
+        steps = self._steps_per_epoch(n_train_rows)
+        return max(math.ceil(self._AUTO_PATIENCE_STEPS / steps), self._AUTO_MIN_PATIENCE)
 
     # --------------------------------------------------------------- manifold
     def _resolve_manifold(self, n_features: int) -> Manifold:
