@@ -499,6 +499,13 @@ class BaseTorchEstimator(BaseEstimator):
         super().__init_subclass__(**kwargs)
         _splice_docs(cls)
 
+    #: ``max_epochs`` and ``patience`` of an estimator that offers ``"auto"`` for them
+    #: (resolved in optimiser steps by :meth:`_epochs` and :meth:`_auto_patience`).
+    _AUTO_LENGTH_CONSTRAINTS: dict = {
+        name: [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})]
+        for name in ("max_epochs", "patience")
+    }
+
     _parameter_constraints: dict = {
         "lr": [Interval(numbers.Real, 0, None, closed="neither")],
         "max_epochs": [Interval(numbers.Integral, 1, None, closed="left")],

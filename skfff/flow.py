@@ -306,8 +306,7 @@ class FreeFormFlow(
 
     _parameter_constraints: dict = {
         **BaseTorchEstimator._parameter_constraints,
-        "max_epochs": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
-        "patience": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        **BaseTorchEstimator._AUTO_LENGTH_CONSTRAINTS,
         "hidden_features": [Interval(numbers.Integral, 1, None, closed="left"),
                             StrOptions({"auto"})],
         "early_stopping": ["boolean", StrOptions({"auto"})],

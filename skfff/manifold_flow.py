@@ -435,8 +435,7 @@ class ManifoldFreeFormFlow(
 
     _parameter_constraints: dict = {
         **BaseTorchEstimator._parameter_constraints,
-        "max_epochs": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
-        "patience": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        **BaseTorchEstimator._AUTO_LENGTH_CONSTRAINTS,
         "manifold": [StrOptions(_MANIFOLD_NAMES), Manifold],
         "hidden_features": [Interval(numbers.Integral, 1, None, closed="left")],
         "n_blocks": [Interval(numbers.Integral, 0, None, closed="left")],
