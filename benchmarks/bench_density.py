@@ -110,22 +110,11 @@ def fit_kde(X: np.ndarray, seed: int) -> FitResult:
 
 def fit_gmm(X: np.ndarray, seed: int) -> FitResult:
     """GaussianMixture with the number of components and covariance type chosen by BIC."""
-    from sklearn.mixture import GaussianMixture
+    from skfff._torch.priors import gaussian_mixture_by_bic
 
     ks = [k for k in (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50) if 5 * k <= len(X)]
-    best, best_bic = None, np.inf
-    for cov in ("full", "diag"):
-        rises, last = 0, np.inf
-        for k in ks:
-            gmm = GaussianMixture(k, covariance_type=cov, random_state=seed, max_iter=300).fit(X)
-            bic = gmm.bic(X)
-            if bic < best_bic:
-                best, best_bic = gmm, bic
-            rises = rises + 1 if bic > last else 0
-            last = min(last, bic)
-            if rises >= 3:
-                break
-    assert best is not None
+    fits = [gaussian_mixture_by_bic(X, ks, cov, seed) for cov in ("full", "diag")]
+    best = min(fits, key=lambda gmm: gmm.bic(X))  # the full one on a tie, as before
     return best.score_samples, f"k={best.n_components} {best.covariance_type}"
 
 

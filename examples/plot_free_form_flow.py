@@ -15,7 +15,10 @@ moon label.
 # Fit with default settings; the log-density is exact, so we can compare it with the truth.
 # The colour scale is the true density's: where the decoder is not quite the encoder's
 # inverse, far from the data, a flow can show thin spurious ridges of high density
-# (they carry almost no probability mass).
+# (they carry almost no probability mass). The latent distribution is a Gaussian mixture
+# fitted to the data by EM before training (``latent="auto"``, ``n_latent_components_``):
+# on this data set, itself a mixture of Gaussians, that start is nearly the answer, so the
+# validation NLL of the learning curve hardly moves and early stopping keeps an early epoch.
 import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.datasets import make_moons

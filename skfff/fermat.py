@@ -69,8 +69,8 @@ def _default_density() -> BaseEstimator:
     # 300 epochs (patience 50), FreeFormFlow's budget before max_epochs="auto": its longer
     # fits on small data gain likelihood but would triple the distance's fit time, and the
     # clustering figures in benchmarks/README.rst were measured with this budget, and with
-    # the normal latent (latent="auto" takes a Student-t one from 3 features up: heavier
-    # tails, which a distance built on p^(-beta) between data points does not need).
+    # the normal latent (latent="auto" now takes an EM mixture; the clustering figures
+    # have not been re-run with it, though the gallery's two moons cluster better with it).
     return FreeFormFlow(check_normalization=False, max_epochs=300, patience=50,
                         latent="normal")
 

@@ -123,7 +123,8 @@ def test_fit_warns_when_the_density_does_not_integrate_to_one():
 
     X = np.random.default_rng(0).normal(size=(300, 2))
     flow = FreeFormFlow(encoder=linear(1.0), decoder=linear(2.0), lr=1e-9, max_epochs=1,
-                        log_prob_via="decoder", renormalize=False, random_state=0)
+                        log_prob_via="decoder", renormalize=False, latent="normal",
+                        random_state=0)
     with pytest.warns(UserWarning, match=r"integrates to 0\.2[45].*renormalize=True"):
         flow.fit(X)
     assert flow.normalization_[0] == pytest.approx(0.25, rel=0.03)
@@ -246,10 +247,16 @@ def test_round_trip_and_shapes(gaussian_flow):
     Z = flow.transform(X)
     assert Z.shape == X.shape and Z.dtype == np.float64
     np.testing.assert_allclose(flow.inverse_transform(Z), X, atol=0.05)
-    # latent codes of data look standard normal
+    # latent codes of data follow the latent distribution: with "auto" on Gaussian data a
+    # mixture of one component, a Gaussian fitted to the standardised rows
+    assert flow.latent_ == "mixture" and flow.n_latent_components_ == 1
+    latent = flow.module_.latent
+    R = latent.rotation.numpy()
+    mean = latent.base.means[0].numpy() @ R.T
+    cov = R @ np.diag(latent.base.log_vars[0].exp().numpy()) @ R.T
     Zbig = flow.transform(dist.rvs(size=3000, random_state=3))
-    np.testing.assert_allclose(Zbig.mean(0), 0, atol=0.1)
-    np.testing.assert_allclose(np.cov(Zbig.T), np.eye(2), atol=0.15)
+    np.testing.assert_allclose(Zbig.mean(0), mean, atol=0.1)
+    np.testing.assert_allclose(np.cov(Zbig.T), cov, atol=0.15)
     assert list(flow.get_feature_names_out()) == ["freeformflow0", "freeformflow1"]
 
 
@@ -386,7 +393,7 @@ def test_bad_y_and_parameters_to_fit():
 def test_off_data_reconstruction_keeps_decoder_inverse_near_the_data():
     """Between the modes of a ring, g(f(x)) = x holds only with the off-data term."""
     X, _ = make_gaussian_mixture_2d(1500, random_state=0)
-    kw = {"max_epochs": 40, "hidden_features": 64, "random_state": 0}
+    kw = {"max_epochs": 40, "hidden_features": 64, "latent": "normal", "random_state": 0}
     plain = FreeFormFlow(off_data_weight=0.0, **kw).fit(X)
     guarded = FreeFormFlow(off_data_weight=0.1, **kw).fit(X)
     box = np.random.default_rng(0).uniform(-6, 6, size=(2000, 2))  # data and gaps
@@ -508,15 +515,18 @@ def test_student_t_latent_learns_heavier_tails_on_heavy_tailed_data():
         FreeFormFlow(latent="cauchy").fit(X)
 
 
-def test_auto_latent_is_student_t_from_three_features():
-    """``latent="auto"`` resolves from the number of features, and says what it chose."""
+def test_auto_latent_is_the_mixture_for_density_estimation():
+    """``latent="auto"`` is the EM mixture for an unconditional flow (in any dimension), and
+    the flow says what it chose; the other latents stay available."""
     X = np.random.default_rng(0).normal(size=(100, 3))
-    flat = FreeFormFlow(**FAST, random_state=0).fit(X[:, :2])
-    assert flat.latent_ == "normal" and flat.latent_df_ is None
-    deep = FreeFormFlow(**FAST, random_state=0).fit(X)
-    assert deep.latent_ == "student_t" and deep.latent_df_.shape == (3,)
-    forced = FreeFormFlow(**FAST, latent="normal", random_state=0).fit(X)
-    assert forced.latent_ == "normal"
+    for d in (1, 3):
+        auto = FreeFormFlow(**FAST, random_state=0).fit(X[:, :d])
+        assert auto.latent_ == "mixture" and auto.n_latent_components_ >= 1
+    forced = FreeFormFlow(**FAST, latent="student_t", random_state=0).fit(X)
+    assert forced.latent_ == "student_t" and forced.latent_df_.shape == (3,)
+    assert forced.n_latent_components_ is None
+    normal = FreeFormFlow(**FAST, latent="normal", random_state=0).fit(X)
+    assert normal.latent_ == "normal" and normal.latent_df_ is None
 
 
 def test_auto_latent_is_normal_for_conditional_flows():
@@ -542,3 +552,47 @@ def test_student_t_latent_density_integrates_to_one():
     pts = np.stack(np.meshgrid(grid, grid), -1).reshape(-1, 2)
     total = np.exp(flow.score_samples(pts)).sum() * (grid[1] - grid[0]) ** 2
     assert total == pytest.approx(1.0, abs=0.05)
+
+
+def test_mixture_latent_starts_as_the_em_fit():
+    """``latent="mixture"``: a Gaussian mixture, diagonal in the principal axes of the
+    standardised training rows, fitted by EM (count by BIC). With the networks frozen at
+    the identity the density is that mixture's, read in data units; samples come from it,
+    reproducibly."""
+    from sklearn.mixture import GaussianMixture
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(-4.0, 0.5, size=(300, 2)), rng.normal(4.0, 1.0, (300, 2))])
+    flow = FreeFormFlow(latent="mixture", lr=1e-12, max_epochs=1, validation_fraction=0.0,
+                        check_normalization=False, random_state=0).fit(X)
+    assert flow.latent_ == "mixture" and flow.latent_df_ is None
+    assert flow.n_latent_components_ == 2
+    R = flow.module_.latent.rotation.numpy()
+    np.testing.assert_allclose(R @ R.T, np.eye(2), atol=1e-6)
+    Z = (X - flow.mean_) / flow.scale_ @ R
+    em = GaussianMixture(2, covariance_type="diag", reg_covar=1e-4, random_state=0).fit(Z)
+    expected = em.score_samples(Z) - np.log(flow.scale_).sum()
+    np.testing.assert_allclose(flow.score_samples(X), expected, atol=1e-3)
+    S = flow.sample(4000, random_state=1)
+    np.testing.assert_allclose(S[:5], flow.sample(5, random_state=1), rtol=1e-5)
+    assert abs((S[:, 0] < 0).mean() - 0.5) < 0.05  # both modes, in proportion
+    assert np.std(S[S[:, 0] < 0], axis=0) == pytest.approx([0.5, 0.5], rel=0.15)
+
+
+def test_mixture_latent_density_integrates_to_one():
+    """After training, the mixture-latent flow's density is normalised on a grid; a warm
+    refit keeps the fitted mixture's shape; a conditional flow refuses the mixture."""
+    X, _ = make_gaussian_mixture_2d(800, random_state=0)
+    flow = FreeFormFlow(latent="mixture", renormalize=False, log_prob_via="encoder",
+                        max_epochs=30, hidden_features=32, n_blocks=2, random_state=0).fit(X)
+    assert flow.n_latent_components_ > 1
+    lo, hi = X.min(0) - 3, X.max(0) + 3
+    gx, gy = np.linspace(lo[0], hi[0], 301), np.linspace(lo[1], hi[1], 301)
+    pts = np.stack(np.meshgrid(gx, gy), -1).reshape(-1, 2)
+    total = np.exp(flow.score_samples(pts)).sum() * (gx[1] - gx[0]) * (gy[1] - gy[0])
+    assert total == pytest.approx(1.0, abs=0.03)
+    k = flow.n_latent_components_
+    flow.set_params(warm_start=True, max_epochs=2).fit(X[::2])
+    assert flow.n_latent_components_ == k and flow.n_iter_ > 2
+    with pytest.raises(ValueError, match="unconditional"):
+        FreeFormFlow(**FAST, latent="mixture", conditional=True).fit(X, X[:, 0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -96,7 +97,8 @@ class StudentTLatent(torch.nn.Module):
 
 # --- Dirichlet (Laplace approximation) and Gaussian-mixture priors (DirichletLatentClassifier) ---
 
-__all__ += ["diagonal_gaussian_kl", "DirichletLaplacePrior", "GaussianMixturePrior"]
+__all__ += ["diagonal_gaussian_kl", "DirichletLaplacePrior", "GaussianMixturePrior",
+            "RotatedLatent", "gaussian_mixture_by_bic"]
 
 
 def diagonal_gaussian_kl(
@@ -264,6 +266,37 @@ class GaussianMixturePrior(torch.nn.Module):
         self.register_buffer("log_weights", torch.log(weights_t))
 
     @classmethod
+    def from_data(
+        cls, X: np.ndarray, random_state: int | None = None, max_components: int = 30
+    ) -> GaussianMixturePrior:
+        """Diagonal Gaussian mixture fitted to ``X`` by EM, the count chosen by BIC.
+
+        Counts 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30 (at most ``max_components``, and
+        at least 5 rows per component) are tried in turn, stopping after three that do not
+        lower the lowest BIC; ``reg_covar=1e-4`` keeps the variances of standardised data
+        away from zero.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_samples, d)
+            Rows to fit (standardised).
+        random_state : int, optional
+            Seed of the EM initialisations.
+        max_components : int, default=30
+            Largest count tried.
+
+        Returns
+        -------
+        GaussianMixturePrior
+            With ``n_components`` chosen by BIC (float32 buffers).
+        """
+        counts = [k for k in (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30)
+                  if k <= max_components and (k == 1 or 5 * k <= len(X))]
+        best = gaussian_mixture_by_bic(X, counts, "diag", random_state, reg_covar=1e-4)
+        return cls(best.means_.astype(np.float32), np.log(best.covariances_).astype(np.float32),
+                   best.weights_.astype(np.float32))
+
+    @classmethod
     def at_simplex_corners(
         cls, n_components: int, scale: float = 3.0, log_var: float = 0.0
     ) -> GaussianMixturePrior:
@@ -304,6 +337,86 @@ class GaussianMixturePrior(torch.nn.Module):
         eps = torch.randn(n, self.means.shape[1], generator=generator, dtype=self.means.dtype)
         idx, eps = idx.to(self.means.device), eps.to(self.means.device)
         return self.means[idx] + torch.exp(0.5 * self.log_vars[idx]) * eps
+
+    def from_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        """Mixture draws from standard normal noise of shape (n, d + 1), one row per draw.
+
+        The last column picks the component (its normal CDF against the cumulative weights),
+        the others are the component's standardised draw: row ``i`` depends on row ``i`` of
+        ``noise`` only, so draws from a prefix of the noise are a prefix of the draws.
+        """
+        noise = noise.to(self.means.device, self.means.dtype)
+        u = torch.special.ndtr(noise[:, -1]).contiguous()
+        cdf = torch.cumsum(self.log_weights.exp(), 0)
+        idx = torch.searchsorted(cdf / cdf[-1], u).clamp_max(self.n_components - 1)
+        return self.means[idx] + torch.exp(0.5 * self.log_vars[idx]) * noise[:, :-1]
+
+
+def gaussian_mixture_by_bic(
+    X: np.ndarray, counts: list[int], covariance_type: str = "full",
+    random_state: int | None = None, reg_covar: float = 1e-6, patience: int = 3,
+):
+    """The :class:`sklearn.mixture.GaussianMixture` of lowest BIC among ``counts``.
+
+    Counts are tried in order, stopping once ``patience`` in a row have not lowered the
+    lowest BIC so far.
+
+    Returns
+    -------
+    sklearn.mixture.GaussianMixture
+    """
+    from sklearn.mixture import GaussianMixture
+
+    best, best_bic, lowest, rises = None, np.inf, np.inf, 0
+    for k in counts:
+        gmm = GaussianMixture(k, covariance_type=covariance_type, reg_covar=reg_covar,
+                              max_iter=300, random_state=random_state).fit(X)
+        bic = gmm.bic(X)
+        if bic < best_bic:
+            best, best_bic = gmm, bic
+        rises = rises + 1 if bic > lowest else 0
+        lowest = min(lowest, bic)
+        if rises >= patience:
+            break
+    if best is None:
+        raise ValueError("counts must name at least one number of components")
+    return best
+
+
+class RotatedLatent(torch.nn.Module):
+    """A latent distribution read in rotated coordinates: ``p(z) = base(z R)``.
+
+    ``R`` is orthogonal, so the rotation changes no volume. With ``R`` the principal axes of
+    the data, an axis-aligned (diagonal) mixture ``base`` can describe correlated data with
+    one component where it would need several in the original axes.
+
+    Parameters
+    ----------
+    base : torch.nn.Module
+        A distribution with ``log_prob(y)`` and ``from_noise(noise)``
+        (:class:`GaussianMixturePrior`).
+    rotation : Tensor of shape (d, d)
+        Orthogonal matrix ``R``.
+    """
+
+    def __init__(self, base: torch.nn.Module, rotation: torch.Tensor) -> None:
+        super().__init__()
+        self.base = base
+        self.register_buffer("rotation", torch.as_tensor(rotation))
+
+    @property
+    def n_components(self) -> int:
+        """Components of the base mixture."""
+        return int(self.base.n_components)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """``base.log_prob(z R)``, shape (..., d) -> (...)."""
+        return self.base.log_prob(z @ self.rotation.to(z.dtype))
+
+    def from_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        """``base.from_noise(noise) R^T``: draws of ``p``, row by row as the base's."""
+        y = self.base.from_noise(noise)
+        return y @ self.rotation.to(y.dtype).T
 
 
 # --------------------------------------------------------------------------------------------
