@@ -417,7 +417,9 @@ class FreeFormFlow(
 
     def _build_latent(self, X: np.ndarray, C: np.ndarray | None) -> torch.nn.Module | None:
         """The latent distribution of this fit (None: the standard normal)."""
-        kind = self._latent_kind(X.shape[1], C is not None)
+        kind = self.latent
+        if kind == "auto":  # the mixture for a density, the normal for a conditional flow
+            kind = "normal" if C is not None else "mixture"
         if kind == "student_t":
             return StudentTLatent(X.shape[1])
         if kind != "mixture":
@@ -476,12 +478,6 @@ class FreeFormFlow(
         )
         ratio = math.exp(2.0 * self.mutual_information_ / X.shape[1])
         self.beta_scale_ = float(np.clip(ratio / _REFERENCE_VARIANCE_RATIO, 1.0, _MAX_BETA_SCALE))
-
-    def _latent_kind(self, n_features: int, conditional: bool) -> str:
-        """``latent``, with ``"auto"`` resolved from the number of features."""
-        if self.latent != "auto":
-            return self.latent
-        return "normal" if conditional else "mixture"
 
     def _after_fit(self, X: np.ndarray, C: np.ndarray | None, y: Any) -> None:
         latent = self.module_.latent
