@@ -729,6 +729,10 @@ class BaseTorchEstimator(BaseEstimator):
     _AUTO_EPOCH_RANGE: tuple[int, int] = (300, 1000)
     _AUTO_MAX_STEPS: int = 24_000
     _AUTO_MIN_EPOCHS: int = 30
+    #: ``patience="auto"``: about :attr:`_AUTO_PATIENCE_STEPS` optimiser steps without
+    #: improvement, at least :attr:`_AUTO_MIN_PATIENCE` epochs.
+    _AUTO_PATIENCE_STEPS: int = 1350
+    _AUTO_MIN_PATIENCE: int = 50
 
     def _auto_max_steps(self) -> int:
         """The most optimiser steps ``max_epochs="auto"`` gives (a subclass may vary it)."""
@@ -766,8 +770,10 @@ class BaseTorchEstimator(BaseEstimator):
         return int(self.patience)
 
     def _auto_patience(self, max_epochs: int, n_train_rows: int) -> int:
-        """``patience="auto"``: a third of ``max_epochs``, at least 50 (a subclass may vary it)."""
-        return max(max_epochs // 3, 50)
+        """``patience="auto"``: about :attr:`_AUTO_PATIENCE_STEPS` optimiser steps, counted
+        in epochs, at least :attr:`_AUTO_MIN_PATIENCE`."""
+        steps = self._steps_per_epoch(n_train_rows)
+        return max(math.ceil(self._AUTO_PATIENCE_STEPS / steps), self._AUTO_MIN_PATIENCE)
 
     def _make_callbacks(self, n_train_rows: int, has_valid: bool) -> list[tuple[str, Callback]]:
         max_epochs = self._epochs(n_train_rows)

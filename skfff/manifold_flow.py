@@ -526,11 +526,6 @@ class ManifoldFreeFormFlow(
         self.decoder = decoder
         self.conditional = conditional
 
-    def _auto_patience(self, max_epochs: int, n_train_rows: int) -> int:
-        """About ``_AUTO_PATIENCE_STEPS`` optimiser steps, at least ``_AUTO_MIN_PATIENCE``."""
-        steps = self._steps_per_epoch(n_train_rows)
-        return max(math.ceil(self._AUTO_PATIENCE_STEPS / steps), self._AUTO_MIN_PATIENCE)
-
     # --------------------------------------------------------------- manifold
     def _resolve_manifold(self, n_features: int) -> Manifold:
         spec = self.manifold
