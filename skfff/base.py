@@ -500,7 +500,7 @@ class BaseTorchEstimator(BaseEstimator):
         _splice_docs(cls)
 
     #: ``max_epochs`` and ``patience`` of an estimator that offers ``"auto"`` for them
-    #: (resolved in optimiser steps by :meth:`_epochs` and :meth:`_auto_patience`).
+    #: (resolved in optimiser steps by :meth:`_epochs` and :meth:`_patience`).
     _AUTO_LENGTH_CONSTRAINTS: dict = {
         name: [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})]
         for name in ("max_epochs", "patience")
@@ -763,21 +763,18 @@ class BaseTorchEstimator(BaseEstimator):
         """Whether this fit stops early (``early_stopping``; a subclass resolves ``"auto"``)."""
         return bool(self.early_stopping)
 
-    def _patience(self, max_epochs: int, n_train_rows: int) -> int:
-        """``patience`` (``"auto"`` resolved by :meth:`_auto_patience`)."""
-        if self.patience == "auto":
-            return self._auto_patience(max_epochs, n_train_rows)
-        return int(self.patience)
-
-    def _auto_patience(self, max_epochs: int, n_train_rows: int) -> int:
-        """``patience="auto"``: about :attr:`_AUTO_PATIENCE_STEPS` optimiser steps, counted
-        in epochs, at least :attr:`_AUTO_MIN_PATIENCE`."""
+    def _patience(self, n_train_rows: int) -> int:
+        """``patience`` for ``n_train_rows`` training rows. ``"auto"``: about
+        :attr:`_AUTO_PATIENCE_STEPS` optimiser steps, counted in epochs, at least
+        :attr:`_AUTO_MIN_PATIENCE` (a subclass varies the two constants)."""
+        if self.patience != "auto":
+            return int(self.patience)
         steps = self._steps_per_epoch(n_train_rows)
         return max(math.ceil(self._AUTO_PATIENCE_STEPS / steps), self._AUTO_MIN_PATIENCE)
 
     def _make_callbacks(self, n_train_rows: int, has_valid: bool) -> list[tuple[str, Callback]]:
         max_epochs = self._epochs(n_train_rows)
-        patience = self._patience(max_epochs, n_train_rows)
+        patience = self._patience(n_train_rows)
         cbs: list[tuple[str, Callback]] = [("epoch_metrics", _EpochMetrics())]
         if self.lr_schedule == "plateau":
             cbs.append((

@@ -411,16 +411,16 @@ def test_auto_epochs_count_optimiser_steps():
     flow = FreeFormFlow()
     # 450 training rows: batches of 56, 9 steps an epoch, ceil(8000 / 9) = 889 epochs
     assert flow._epochs(450) == 889
-    assert flow._patience(889, 450) == 150  # about 1350 steps: ceil(1350 / 9)
-    assert flow._patience(445, 4500) == 75
+    assert flow._patience(450) == 150  # about 1350 steps: ceil(1350 / 9)
+    assert flow._patience(4500) == 75
     assert flow._epochs(4500) == 445  # batches of 256, 18 steps
     assert flow._epochs(9_000) == 300  # floor (36 steps an epoch)
     assert flow._epochs(45_000) == 137  # at most about 24 000 steps: ceil(24000 / 176)
     assert flow._epochs(10_000_000) == 30  # but at least 30 epochs
     assert flow._epochs(20) == 1000  # cap
-    assert flow._patience(137, 45_000) == 50  # floor of the automatic patience
+    assert flow._patience(45_000) == 50  # floor of the automatic patience
     fixed = FreeFormFlow(max_epochs=7, patience=3)
-    assert (fixed._epochs(450), fixed._patience(7, 450)) == (7, 3)
+    assert (fixed._epochs(450), fixed._patience(450)) == (7, 3)
     callbacks = dict(flow._make_callbacks(450, has_valid=True))
     assert callbacks["early_stopping"].patience == 150
 

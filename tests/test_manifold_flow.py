@@ -382,11 +382,11 @@ def test_auto_epochs_and_patience_count_optimiser_steps():
     """``"auto"``: about 8000 optimiser steps (30-1000 epochs), patience about 1100 steps."""
     flow = ManifoldFreeFormFlow(batch_size=64)
     # volcano's 661 training rows in batches of 64: 11 steps an epoch
-    assert (flow._epochs(661), flow._patience(728, 661)) == (728, 100)
+    assert (flow._epochs(661), flow._patience(661)) == (728, 100)
     # earthquake's 4 896: 77 steps, ceil(8000 / 77) = 104 epochs, patience floor 30
-    assert (flow._epochs(4896), flow._patience(104, 4896)) == (104, 30)
+    assert (flow._epochs(4896), flow._patience(4896)) == (104, 30)
     assert ManifoldFreeFormFlow()._epochs(10_000_000) == 30
     default = ManifoldFreeFormFlow()  # "auto" batch: 82 rows, 9 steps an epoch
-    assert (default._epochs(661), default._patience(889, 661)) == (889, 123)
+    assert (default._epochs(661), default._patience(661)) == (889, 123)
     fixed = ManifoldFreeFormFlow(max_epochs=7, patience=3)
-    assert (fixed._epochs(661), fixed._patience(7, 661)) == (7, 3)
+    assert (fixed._epochs(661), fixed._patience(661)) == (7, 3)
