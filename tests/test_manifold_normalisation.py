@@ -260,15 +260,20 @@ def test_monitor_divides_the_validation_likelihood_by_the_integral():
 def test_early_stopping_keeps_the_epoch_of_best_normalised_nll():
     X, _ = make_vmf_mixture(500, n_components=3, concentration=50.0, random_state=0)
     # a large constant learning rate, so that the criterion goes up and down (from a
-    # uniform latent: the fitted mixture starts too close to the data for that)
-    flow = ManifoldFreeFormFlow("sphere", **{**SMALL, "max_epochs": 8, "lr": 0.2,
-                                              "random_state": 3}, prior="uniform",
-                                lr_schedule="constant", patience=3, n_monitor_points=4000,
-                                check_normalization=False).fit(X)
-    h = flow.history_
-    crit = np.asarray(h[:, "valid_normalised_nll"])
-    assert np.all(np.isfinite(crit))
-    best = int(np.argmin(crit))
+    # uniform latent: the fitted mixture starts too close to the data for that); the first
+    # seed whose best epoch is not the last (which seed that is depends on the machine's
+    # floating point, so several are tried)
+    for seed in range(3, 9):
+        flow = ManifoldFreeFormFlow("sphere", **{**SMALL, "max_epochs": 8, "lr": 0.2,
+                                                  "random_state": seed}, prior="uniform",
+                                    lr_schedule="constant", patience=3, n_monitor_points=4000,
+                                    check_normalization=False).fit(X)
+        h = flow.history_
+        crit = np.asarray(h[:, "valid_normalised_nll"])
+        assert np.all(np.isfinite(crit))
+        best = int(np.argmin(crit))
+        if best < len(h) - 1:
+            break
     assert best < len(h) - 1  # the premise: the best epoch is not the last one
     # the weights kept are those of that epoch: the same uniform points give the same integral
     estimate, _ = flow._integral("encoder", 4000, 1)

@@ -34,6 +34,23 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     return -0.5 * (z.pow(2).sum(-1) + z.shape[-1] * LOG_2PI)
 
 
+def cauchy_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """Log-density of the standard multivariate Cauchy distribution (Student-t, one degree of
+    freedom): ``log Gamma((d+1)/2) - (d+1)/2 log(pi) - (d+1)/2 log(1 + |z|^2)``.
+
+    Parameters
+    ----------
+    z : Tensor of shape (..., d)
+        Points.
+
+    Returns
+    -------
+    Tensor of shape (...)
+    """
+    half = 0.5 * (z.shape[-1] + 1)
+    return math.lgamma(half) - half * math.log(math.pi) - half * torch.log1p(z.pow(2).sum(-1))
+
+
 def diagonal_gaussian_log_prob(
     z: torch.Tensor, mean: torch.Tensor, var: torch.Tensor
 ) -> torch.Tensor:
@@ -241,13 +258,23 @@ class GaussianMixturePrior(torch.nn.Module):
         Component log-variances.
     weights : Tensor of shape (K,), optional
         Mixture weights (uniform by default).
+    tail_weight : float, default=0
+        Weight ``w`` of a standard multivariate Cauchy component (Student-t with one degree
+        of freedom, centred at 0 with unit scale) mixed in as
+        ``(1 - w) p(z) + w Cauchy(z)``: a safety net whose density falls off polynomially,
+        so that points far from every Gaussian component (beyond the range of the rows EM
+        saw) get a log-density of tens of nats, not of thousands. It costs ``-log(1 - w)``
+        nats where the Gaussians hold the mass. The closed-form KL methods ignore it.
 
     Attributes
     ----------
     means, log_vars, log_weights : Tensors (buffers)
+    tail_weight : float
     """
 
-    def __init__(self, means, log_vars=0.0, weights=None) -> None:
+    tail_weight: float = 0.0  # also what a mixture pickled before the safety net reads
+
+    def __init__(self, means, log_vars=0.0, weights=None, tail_weight: float = 0.0) -> None:
         super().__init__()
         means_t = torch.as_tensor(means, dtype=torch.get_default_dtype())
         if means_t.ndim != 2:
@@ -264,10 +291,14 @@ class GaussianMixturePrior(torch.nn.Module):
         self.register_buffer("means", means_t)
         self.register_buffer("log_vars", log_vars_t)
         self.register_buffer("log_weights", torch.log(weights_t))
+        if not 0.0 <= tail_weight < 1.0:
+            raise ValueError(f"tail_weight must be in [0, 1), got {tail_weight}.")
+        self.tail_weight = float(tail_weight)
 
     @classmethod
     def from_data(
-        cls, X: np.ndarray, random_state: int | None = None, max_components: int = 30
+        cls, X: np.ndarray, random_state: int | None = None, max_components: int = 30,
+        tail_weight: float = 0.0,
     ) -> GaussianMixturePrior:
         """Diagonal Gaussian mixture fitted to ``X`` by EM, the count chosen by BIC.
 
@@ -284,6 +315,8 @@ class GaussianMixturePrior(torch.nn.Module):
             Seed of the EM initialisations.
         max_components : int, default=30
             Largest count tried.
+        tail_weight : float, default=0
+            Weight of the Cauchy safety net (see the class).
 
         Returns
         -------
@@ -294,7 +327,7 @@ class GaussianMixturePrior(torch.nn.Module):
                   if k <= max_components and (k == 1 or 5 * k <= len(X))]
         best = gaussian_mixture_by_bic(X, counts, "diag", random_state, reg_covar=1e-4)
         return cls(best.means_.astype(np.float32), np.log(best.covariances_).astype(np.float32),
-                   best.weights_.astype(np.float32))
+                   best.weights_.astype(np.float32), tail_weight=tail_weight)
 
     @classmethod
     def at_simplex_corners(
@@ -329,10 +362,17 @@ class GaussianMixturePrior(torch.nn.Module):
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """Exact log-density of the mixture at ``z`` (shape (..., d) -> (...))."""
         comp = diagonal_gaussian_log_prob(z.unsqueeze(-2), self.means, self.log_vars.exp())
-        return torch.logsumexp(self.log_weights + comp, dim=-1)
+        log_p = torch.logsumexp(self.log_weights + comp, dim=-1)
+        if not self.tail_weight:
+            return log_p
+        w = self.tail_weight
+        return torch.logaddexp(log_p + math.log1p(-w), cauchy_log_prob(z) + math.log(w))
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw ``n`` points from the mixture."""
+        if self.tail_weight:
+            noise = torch.randn(n, self.means.shape[1] + 1, generator=generator)
+            return self.from_noise(noise)
         idx = torch.multinomial(self.log_weights.exp().cpu(), n, True, generator=generator)
         eps = torch.randn(n, self.means.shape[1], generator=generator, dtype=self.means.dtype)
         idx, eps = idx.to(self.means.device), eps.to(self.means.device)
@@ -343,13 +383,23 @@ class GaussianMixturePrior(torch.nn.Module):
 
         The last column picks the component (its normal CDF against the cumulative weights),
         the others are the component's standardised draw: row ``i`` depends on row ``i`` of
-        ``noise`` only, so draws from a prefix of the noise are a prefix of the draws.
+        ``noise`` only, so draws from a prefix of the noise are a prefix of the draws. With a
+        ``tail_weight`` ``w``, a uniform above ``1 - w`` draws from the Cauchy component
+        instead: the standardised draw divided by a half-normal variable read from that
+        uniform's excess.
         """
         noise = noise.to(self.means.device, self.means.dtype)
-        u = torch.special.ndtr(noise[:, -1]).contiguous()
-        cdf = torch.cumsum(self.log_weights.exp(), 0)
-        idx = torch.searchsorted(cdf / cdf[-1], u).clamp_max(self.n_components - 1)
-        return self.means[idx] + torch.exp(0.5 * self.log_vars[idx]) * noise[:, :-1]
+        u = torch.special.ndtr(noise[:, -1].double())
+        w = self.tail_weight
+        cdf = torch.cumsum(self.log_weights.exp(), 0).double()
+        pick = (u / (1.0 - w)).clamp_max(1.0) if w else u
+        idx = torch.searchsorted(cdf / cdf[-1], pick.contiguous()).clamp_max(self.n_components - 1)
+        z = self.means[idx] + torch.exp(0.5 * self.log_vars[idx]) * noise[:, :-1]
+        if not w:
+            return z
+        excess = ((u - (1.0 - w)) / w).clamp(1e-12, 1.0 - 1e-12)
+        half_normal = torch.special.ndtri(0.5 + 0.5 * excess).to(z.dtype)
+        return torch.where((u > 1.0 - w)[:, None], noise[:, :-1] / half_normal[:, None], z)
 
 
 def gaussian_mixture_by_bic(
