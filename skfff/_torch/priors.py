@@ -392,8 +392,8 @@ class GaussianMixturePrior(torch.nn.Module):
         u = torch.special.ndtr(noise[:, -1].double())
         w = self.tail_weight
         cdf = torch.cumsum(self.log_weights.exp(), 0).double()
-        pick = (u / (1.0 - w)).clamp_max(1.0) if w else u
-        idx = torch.searchsorted(cdf / cdf[-1], pick.contiguous()).clamp_max(self.n_components - 1)
+        pick = (u / (1.0 - w)).clamp_max(1.0).contiguous()  # u itself when w = 0
+        idx = torch.searchsorted(cdf / cdf[-1], pick).clamp_max(self.n_components - 1)
         z = self.means[idx] + torch.exp(0.5 * self.log_vars[idx]) * noise[:, :-1]
         if not w:
             return z
